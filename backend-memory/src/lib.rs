@@ -1,0 +1,1 @@
+//! In-memory keyloop coordinator: the reference backend and a deterministic simulator.

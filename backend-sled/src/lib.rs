@@ -1,0 +1,1 @@
+//! Embedded, durable keyloop coordinator on sled.

@@ -1,0 +1,1 @@
+//! The keyloop conformance suite every backend runs.

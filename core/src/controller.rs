@@ -1,0 +1,87 @@
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{BoxError, Key, LoopContext};
+
+/// What a loop decided when it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// The key is reconciled: retire it from the registry unless a trigger arrived that the
+    /// loop has not observed, in which case the loop runs again.
+    Complete,
+    /// The key still needs a loop, but not here and not now (usually after the shutdown
+    /// signal): release it at once so another node picks it up.
+    Continue,
+}
+
+/// The user's reconciler: one invocation of [`run`](Controller::run) is one loop for one key.
+///
+/// keyloop guarantees at most one live `run` per key across the cluster (fenced by
+/// [`LoopContext::epoch`]), wakes it through [`LoopContext::triggered`], and tells it to stop
+/// through [`LoopContext::shutdown`]. An error or a panic restarts the loop with backoff.
+///
+/// ```
+/// use keyloop_core::{async_trait, BoxError, Controller, Decision, Key, LoopContext, Wake};
+///
+/// struct Provisioner;
+///
+/// #[async_trait]
+/// impl Controller for Provisioner {
+///     async fn run(&self, key: Key, ctx: LoopContext) -> Result<Decision, BoxError> {
+///         loop {
+///             // compare desired with actual state for `key` and act ...
+///             match ctx.next().await {
+///                 Wake::Triggered => continue,
+///                 Wake::Shutdown(_) => return Ok(Decision::Continue),
+///             }
+///         }
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Controller: Send + Sync + 'static {
+    /// Reconciles `key` until done (`Complete`) or asked to stop (`Continue`).
+    async fn run(&self, key: Key, ctx: LoopContext) -> Result<Decision, BoxError>;
+}
+
+#[async_trait]
+impl<C: Controller + ?Sized> Controller for Arc<C> {
+    async fn run(&self, key: Key, ctx: LoopContext) -> Result<Decision, BoxError> {
+        (**self).run(key, ctx).await
+    }
+}
+
+/// A [`Controller`] made from an async closure; see [`controller_fn`].
+pub struct ControllerFn<F>(F);
+
+/// Builds a [`Controller`] from a closure returning a future.
+///
+/// ```
+/// use keyloop_core::{controller_fn, Decision};
+///
+/// let controller = controller_fn(|key, _ctx| async move {
+///     println!("reconciling {key}");
+///     Ok(Decision::Complete)
+/// });
+/// # let _ = controller;
+/// ```
+pub fn controller_fn<F, Fut>(f: F) -> ControllerFn<F>
+where
+    F: Fn(Key, LoopContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Decision, BoxError>> + Send + 'static,
+{
+    ControllerFn(f)
+}
+
+#[async_trait]
+impl<F, Fut> Controller for ControllerFn<F>
+where
+    F: Fn(Key, LoopContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Decision, BoxError>> + Send + 'static,
+{
+    async fn run(&self, key: Key, ctx: LoopContext) -> Result<Decision, BoxError> {
+        (self.0)(key, ctx).await
+    }
+}

@@ -1,0 +1,164 @@
+//! The lease keeper: renews the node's lease, self-fences before it can expire, and joins
+//! again under a new node id after the lease is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep_until};
+
+use crate::engine::{Inner, RUNNING};
+use crate::slot::Session;
+use crate::{CoordinatorError, ShutdownReason};
+
+pub(crate) async fn keep(inner: Arc<Inner>, session: Arc<Session>, sent: Instant, ttl: Duration) {
+    let mut session = session;
+    let mut last_ok = sent;
+    let mut ttl = ttl;
+    loop {
+        let Some(hard_deadline) = renew_until_lost(&inner, &session, &mut last_ok, &mut ttl).await
+        else {
+            return;
+        };
+        fence(&inner, &session, hard_deadline).await;
+        let Some(next) = rejoin(&inner, &session).await else {
+            return;
+        };
+        (session, last_ok, ttl) = next;
+    }
+}
+
+/// Renews until the lease is lost (returns the instant by which every loop must be gone)
+/// or the engine stops (`None`).
+async fn renew_until_lost(
+    inner: &Inner,
+    session: &Session,
+    last_ok: &mut Instant,
+    ttl: &mut Duration,
+) -> Option<Instant> {
+    let interval = inner.config.heartbeat_interval;
+    let margin = inner.config.fence_margin;
+    let mut next_beat = *last_ok + interval;
+    loop {
+        let fence_at = *last_ok + ttl.saturating_sub(margin);
+        tokio::select! {
+            _ = inner.stop_lease.cancelled() => return None,
+            _ = inner.shared.lost_wake.notified() => {
+                tracing::error!("backend reports every ownership lost");
+                return Some(Instant::now());
+            }
+            _ = sleep_until(fence_at) => {
+                tracing::error!(?margin, "lease not renewed in time: stopping every loop");
+                return Some(*last_ok + *ttl);
+            }
+            _ = sleep_until(next_beat) => {}
+        }
+        let sent = Instant::now();
+        let outcome = tokio::select! {
+            _ = inner.stop_lease.cancelled() => return None,
+            outcome = tokio::time::timeout(interval, inner.coordinator.heartbeat(&session.node.id)) => outcome,
+            _ = sleep_until(fence_at) => {
+                tracing::error!(?margin, "lease not renewed in time: stopping every loop");
+                return Some(*last_ok + *ttl);
+            }
+        };
+        match outcome {
+            Ok(Ok(lease)) => {
+                *last_ok = sent;
+                *ttl = lease.ttl;
+                next_beat = sent + interval;
+            }
+            Ok(Err(CoordinatorError::LeaseExpired { .. })) => {
+                tracing::error!("lease expired on the backend: stopping every loop");
+                return Some(Instant::now());
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "heartbeat failed: retrying");
+                next_beat = Instant::now() + interval / 4;
+            }
+            Err(_) => {
+                tracing::warn!(?interval, "heartbeat timed out: retrying");
+                next_beat = Instant::now();
+            }
+        }
+    }
+}
+
+/// Stops every loop of `session`, and aborts those still running at `hard_deadline`.
+async fn fence(inner: &Inner, session: &Arc<Session>, hard_deadline: Instant) {
+    let mine = || {
+        inner
+            .shared
+            .loops
+            .all()
+            .into_iter()
+            .filter(|slot| Arc::ptr_eq(&slot.session, session))
+            .collect::<Vec<_>>()
+    };
+    for slot in mine() {
+        slot.signal_shutdown(ShutdownReason::OwnershipLost);
+    }
+    loop {
+        let ended = inner.shared.loop_ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        if mine().is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = ended => {}
+            _ = sleep_until(hard_deadline) => break,
+        }
+    }
+    for slot in mine() {
+        tracing::error!(key = %slot.key, "loop still running at lease expiry: aborted");
+        slot.abort();
+        inner.finish_slot(&slot);
+    }
+    *inner.session.write().unwrap() = None;
+}
+
+/// Leaves under the old id (best effort) and joins under a new one, retrying with backoff.
+async fn rejoin(inner: &Inner, old: &Session) -> Option<(Arc<Session>, Instant, Duration)> {
+    let interval = inner.config.heartbeat_interval;
+    if tokio::time::timeout(interval, inner.coordinator.leave(&old.node.id))
+        .await
+        .is_err()
+    {
+        tracing::warn!("leave timed out; the old lease will expire");
+    }
+    let mut attempt = 0;
+    loop {
+        if inner.phase() != RUNNING || inner.stop_lease.is_cancelled() {
+            return None;
+        }
+        let session = inner.new_session();
+        let sent = Instant::now();
+        let joined = tokio::time::timeout(
+            interval,
+            inner
+                .coordinator
+                .join(&session.node, inner.config.lease_ttl, inner.shared.sink()),
+        )
+        .await;
+        match joined {
+            Ok(Ok(lease)) => {
+                tracing::info!(node = %session.node.id, "joined again after losing the lease");
+                *inner.session.write().unwrap() = Some(Arc::clone(&session));
+                inner.shared.claim_wake.notify_one();
+                return Some((session, sent, lease.ttl));
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "join failed: retrying"),
+            Err(_) => tracing::warn!("join timed out: retrying"),
+        }
+        let delay = inner
+            .config
+            .restart_backoff
+            .delay(attempt)
+            .max(interval / 4);
+        attempt += 1;
+        tokio::select! {
+            _ = inner.stop_lease.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}

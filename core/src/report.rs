@@ -1,0 +1,21 @@
+use std::time::Duration;
+
+use crate::{Key, NodeId};
+
+/// What [`Engine::shutdown`](crate::Engine::shutdown) did with each key the node owned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// The node that shut down (`None` if it never joined).
+    pub node: Option<NodeId>,
+    /// Keys released for another node (the loop returned `Continue`, failed during
+    /// shutdown, or was waiting in backoff).
+    pub handed_off: Vec<Key>,
+    /// Keys whose loop returned `Complete` during shutdown and retired.
+    pub completed: Vec<Key>,
+    /// Keys whose loop ignored the shutdown signal past the grace period: the loop was
+    /// abandoned (aborted where possible) and the key released, so the loop's epoch is
+    /// fenced.
+    pub abandoned: Vec<Key>,
+    /// How long the shutdown took.
+    pub elapsed: Duration,
+}

@@ -1,0 +1,182 @@
+//! The task that drives one loop: runs the controller, restarts it with backoff, and gives
+//! the key back according to the loop's decision.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::engine::{Inner, RUNNING};
+use crate::slot::LoopSlot;
+use crate::{
+    CoordinatorError, Decision, KeyStatus, LoopContext, Release, Released, ShutdownReason,
+};
+
+/// How one run of the controller ended.
+enum Outcome {
+    Decided(Decision),
+    Failed(String),
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, slot: Arc<LoopSlot>) {
+    let span = tracing::info_span!(
+        "loop",
+        key = %slot.key,
+        epoch = slot.epoch.0,
+        node = %slot.session.node.id
+    );
+    drive(&inner, &slot).instrument(span).await;
+    inner.finish_slot(&slot);
+}
+
+async fn drive(inner: &Arc<Inner>, slot: &Arc<LoopSlot>) {
+    loop {
+        slot.observe_all();
+        slot.set_running();
+        let started = Instant::now();
+        let ctx = LoopContext::new(Arc::clone(slot));
+        let outcome = match AssertUnwindSafe(inner.controller.run(slot.key.clone(), ctx))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(decision)) => Outcome::Decided(decision),
+            Ok(Err(error)) => Outcome::Failed(error.to_string()),
+            Err(panic) => Outcome::Failed(format!("panicked: {}", panic_message(&*panic))),
+        };
+        let shutdown = slot.shutdown_reason();
+        if shutdown == Some(ShutdownReason::OwnershipLost) {
+            tracing::debug!("loop stopped after losing ownership");
+            return;
+        }
+        match outcome {
+            Outcome::Decided(Decision::Complete) => {
+                let how = Release::Complete {
+                    observed_seq: crate::TriggerSeq(slot.observed_seq()),
+                };
+                match release(inner, slot, how).await {
+                    Some(Released::Retriggered { seq }) => {
+                        slot.note_trigger(seq.0);
+                        slot.set_failures(0);
+                        if slot.shutdown_reason().is_some() {
+                            hand_off(inner, slot).await;
+                            return;
+                        }
+                        tracing::debug!(seq = seq.0, "triggered while completing: running again");
+                    }
+                    Some(_) => {
+                        inner.record(|r| r.completed.push(slot.key.clone()));
+                        slot.emit(&KeyStatus::NotRegistered);
+                        return;
+                    }
+                    None => return,
+                }
+            }
+            Outcome::Decided(Decision::Continue) => {
+                hand_off(inner, slot).await;
+                return;
+            }
+            Outcome::Failed(error) if shutdown.is_some() => {
+                tracing::warn!(%error, "loop failed during shutdown: handing off");
+                hand_off(inner, slot).await;
+                return;
+            }
+            Outcome::Failed(error) => {
+                let failures = if started.elapsed() >= inner.config.healthy_run {
+                    1
+                } else {
+                    slot.failures() + 1
+                };
+                slot.set_failures(failures);
+                if failures >= inner.config.max_failures {
+                    tracing::error!(%error, failures, "loop failed repeatedly: parking key");
+                    let how = Release::Park {
+                        error: error.clone(),
+                    };
+                    if release(inner, slot, how).await.is_some() {
+                        slot.emit(&KeyStatus::Failed { error });
+                    }
+                    return;
+                }
+                let delay = inner.config.restart_backoff.delay(failures - 1);
+                tracing::warn!(%error, failures, ?delay, "loop failed: restarting after backoff");
+                slot.set_backoff(error);
+                // New triggers do not shorten the backoff; only a shutdown ends it early.
+                let woke_for_shutdown = tokio::select! {
+                    _ = tokio::time::sleep(delay) => false,
+                    _ = slot.wait_for(|| slot.shutdown_reason()) => true,
+                };
+                if woke_for_shutdown {
+                    if slot.shutdown_reason() == Some(ShutdownReason::NodeShutdown) {
+                        hand_off(inner, slot).await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Releases the key for another node (`Continue`).
+async fn hand_off(inner: &Arc<Inner>, slot: &Arc<LoopSlot>) {
+    let avoid_for = if inner.phase() == RUNNING {
+        inner.config.handoff_avoid
+    } else {
+        Duration::ZERO
+    };
+    if release(inner, slot, Release::Continue { avoid_for })
+        .await
+        .is_some()
+    {
+        inner.record(|r| r.handed_off.push(slot.key.clone()));
+        slot.emit(&KeyStatus::Pending);
+    }
+}
+
+/// Releases with retries on transient errors; `None` when the key is no longer ours.
+async fn release(inner: &Arc<Inner>, slot: &Arc<LoopSlot>, how: Release) -> Option<Released> {
+    let mut attempt = 0;
+    loop {
+        let result = slot
+            .session
+            .coordinator
+            .release(&slot.session.node.id, &slot.key, slot.epoch, how.clone())
+            .await;
+        match result {
+            Ok(released) => return Some(released),
+            Err(CoordinatorError::Fenced { .. } | CoordinatorError::LeaseExpired { .. }) => {
+                tracing::warn!("release fenced: the key is no longer ours");
+                return None;
+            }
+            Err(e) if slot.shutdown_reason() == Some(ShutdownReason::OwnershipLost) => {
+                tracing::warn!(error = %e, "release failed after ownership was lost");
+                return None;
+            }
+            Err(e) => {
+                let delay = inner.config.restart_backoff.delay(attempt);
+                attempt += 1;
+                tracing::warn!(error = %e, ?delay, "release failed: retrying");
+                // The lease keeper fences this loop if the backend stays unreachable.
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = slot.wait_for(|| {
+                        (slot.shutdown_reason() == Some(ShutdownReason::OwnershipLost)).then_some(())
+                    }) => return None,
+                }
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

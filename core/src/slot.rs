@@ -1,0 +1,270 @@
+//! Per-loop shared state and the table of loops a node owns.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Coordinator, Epoch, Key, KeyStatus, NodeInfo, ShutdownReason, StatusListener};
+
+/// One node incarnation: what every loop of that incarnation needs to talk to the backend.
+pub(crate) struct Session {
+    pub(crate) node: NodeInfo,
+    pub(crate) coordinator: Arc<dyn Coordinator>,
+    pub(crate) max_state_bytes: usize,
+    pub(crate) listener: Option<StatusListener>,
+}
+
+const PHASE_RUNNING: u8 = 0;
+const PHASE_BACKOFF: u8 = 1;
+
+const NO_SHUTDOWN: u8 = 0;
+
+/// Shared between a loop's task, its [`LoopContext`](crate::LoopContext) and the dispatcher.
+///
+/// One `Notify` serves both triggers and shutdown: wakers call `notify_waiters` and waiters
+/// enable their `Notified` before checking the atomics, so no wake-up is lost and a loop
+/// waiting on both costs one waiter.
+pub(crate) struct LoopSlot {
+    pub(crate) key: Key,
+    pub(crate) epoch: Epoch,
+    pub(crate) session: Arc<Session>,
+    latest_seq: AtomicU64,
+    observed_seq: AtomicU64,
+    shutdown: AtomicU8,
+    phase: AtomicU8,
+    failures: AtomicU32,
+    notify: Notify,
+    token: OnceLock<CancellationToken>,
+    last_error: Mutex<Option<String>>,
+    abort: OnceLock<AbortHandle>,
+}
+
+impl LoopSlot {
+    pub(crate) fn new(key: Key, epoch: Epoch, seq: u64, session: Arc<Session>) -> LoopSlot {
+        LoopSlot {
+            key,
+            epoch,
+            session,
+            latest_seq: AtomicU64::new(seq),
+            observed_seq: AtomicU64::new(seq),
+            shutdown: AtomicU8::new(NO_SHUTDOWN),
+            phase: AtomicU8::new(PHASE_RUNNING),
+            failures: AtomicU32::new(0),
+            notify: Notify::new(),
+            token: OnceLock::new(),
+            last_error: Mutex::new(None),
+            abort: OnceLock::new(),
+        }
+    }
+
+    /// Records a trigger sequence; wakes the loop if it is newer than anything it observed.
+    pub(crate) fn note_trigger(&self, seq: u64) {
+        let previous = self.latest_seq.fetch_max(seq, Ordering::AcqRel);
+        if seq > previous {
+            self.notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn latest_seq(&self) -> u64 {
+        self.latest_seq.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn observed_seq(&self) -> u64 {
+        self.observed_seq.load(Ordering::Acquire)
+    }
+
+    /// Marks everything up to the latest sequence as observed (a run starting observes all
+    /// triggers so far); returns it.
+    pub(crate) fn observe_all(&self) -> u64 {
+        let latest = self.latest_seq();
+        self.observed_seq.fetch_max(latest, Ordering::AcqRel);
+        latest
+    }
+
+    /// Takes a pending trigger if there is one.
+    pub(crate) fn take_trigger(&self) -> bool {
+        let latest = self.latest_seq();
+        let observed = self.observed_seq.fetch_max(latest, Ordering::AcqRel);
+        latest > observed
+    }
+
+    /// Signals shutdown (the first reason wins); idempotent.
+    pub(crate) fn signal_shutdown(&self, reason: ShutdownReason) {
+        if self
+            .shutdown
+            .compare_exchange(
+                NO_SHUTDOWN,
+                reason.code(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            if let Some(token) = self.token.get() {
+                token.cancel();
+            }
+            self.notify.notify_waiters();
+            self.emit(&KeyStatus::ShuttingDown { reason });
+        } else if reason == ShutdownReason::OwnershipLost {
+            // Losing ownership overrides a graceful shutdown: the loop must not release.
+            self.shutdown.store(reason.code(), Ordering::Release);
+        }
+    }
+
+    pub(crate) fn shutdown_reason(&self) -> Option<ShutdownReason> {
+        ShutdownReason::from_code(self.shutdown.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn cancellation_token(&self) -> CancellationToken {
+        let token = self.token.get_or_init(CancellationToken::new).clone();
+        // A token created after the signal must still be cancelled.
+        if self.shutdown_reason().is_some() {
+            token.cancel();
+        }
+        token
+    }
+
+    /// Waits until `check` returns a value, re-checking after every wake-up.
+    pub(crate) async fn wait_for<T>(&self, check: impl Fn() -> Option<T>) -> T {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(value) = check() {
+                return value;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_failures(&self, n: u32) {
+        self.failures.store(n, Ordering::Release);
+    }
+
+    pub(crate) fn set_running(&self) {
+        self.phase.store(PHASE_RUNNING, Ordering::Release);
+        self.emit_with(|| KeyStatus::Running {
+            node: self.session.node.id,
+            epoch: self.epoch,
+        });
+    }
+
+    pub(crate) fn set_backoff(&self, error: String) {
+        *self.last_error.lock().unwrap() = Some(error.clone());
+        self.phase.store(PHASE_BACKOFF, Ordering::Release);
+        self.emit(&KeyStatus::Backoff {
+            failures: self.failures(),
+            last_error: error,
+        });
+    }
+
+    /// The status of this loop as the engine sees it.
+    pub(crate) fn status(&self) -> KeyStatus {
+        if let Some(reason) = self.shutdown_reason() {
+            return KeyStatus::ShuttingDown { reason };
+        }
+        if self.phase.load(Ordering::Acquire) == PHASE_BACKOFF {
+            return KeyStatus::Backoff {
+                failures: self.failures(),
+                last_error: self.last_error.lock().unwrap().clone().unwrap_or_default(),
+            };
+        }
+        KeyStatus::Running {
+            node: self.session.node.id,
+            epoch: self.epoch,
+        }
+    }
+
+    pub(crate) fn emit(&self, status: &KeyStatus) {
+        if let Some(listener) = &self.session.listener {
+            listener(&self.key, status);
+        }
+    }
+
+    fn emit_with(&self, status: impl FnOnce() -> KeyStatus) {
+        if let Some(listener) = &self.session.listener {
+            listener(&self.key, &status());
+        }
+    }
+
+    pub(crate) fn set_abort_handle(&self, handle: AbortHandle) {
+        let _ = self.abort.set(handle);
+    }
+
+    pub(crate) fn abort(&self) {
+        if let Some(handle) = self.abort.get() {
+            handle.abort();
+        }
+    }
+}
+
+const SHARDS: usize = 64;
+
+/// The loops a node owns, sharded so that triggers for different keys rarely contend.
+pub(crate) struct LoopTable {
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<Key, Arc<LoopSlot>>>]>,
+}
+
+impl LoopTable {
+    pub(crate) fn new() -> LoopTable {
+        LoopTable {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<HashMap<Key, Arc<LoopSlot>>> {
+        let hash = self.hasher.hash_one(key);
+        &self.shards[(hash as usize) % SHARDS]
+    }
+
+    /// Calls `f` with the slot of `key`, without cloning the `Arc`.
+    pub(crate) fn with<R>(&self, key: &str, f: impl FnOnce(&LoopSlot) -> R) -> Option<R> {
+        self.shard(key).lock().unwrap().get(key).map(|slot| f(slot))
+    }
+
+    pub(crate) fn insert(&self, slot: Arc<LoopSlot>) -> Option<Arc<LoopSlot>> {
+        self.shard(slot.key.as_str())
+            .lock()
+            .unwrap()
+            .insert(slot.key.clone(), slot)
+    }
+
+    /// Removes `slot` if it is still the one registered for its key.
+    pub(crate) fn remove(&self, slot: &Arc<LoopSlot>) -> bool {
+        let mut shard = self.shard(slot.key.as_str()).lock().unwrap();
+        match shard.get(slot.key.as_str()) {
+            Some(current) if Arc::ptr_eq(current, slot) => {
+                shard.remove(slot.key.as_str());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<LoopSlot>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(shard.lock().unwrap().values().cloned());
+        }
+        out
+    }
+
+    pub(crate) fn keys(&self) -> Vec<Key> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(shard.lock().unwrap().keys().cloned());
+        }
+        out
+    }
+}

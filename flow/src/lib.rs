@@ -1,0 +1,1 @@
+//! Step flows and plan/task executors for keyloop loops.
