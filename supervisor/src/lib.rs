@@ -9,5 +9,30 @@
 //! ```
 
 mod backoff;
+mod error;
+mod intensity;
+mod lifecycle;
+mod lifecycle_report;
+mod panic;
+mod policy;
+mod report;
+mod service;
+mod service_error;
+mod session;
+mod signal;
+mod status;
+mod supervisor;
 
 pub use backoff::{Backoff, BackoffBuilder, BackoffError};
+pub use error::{BuildError, LifecycleError};
+pub use intensity::Intensity;
+pub use lifecycle::Lifecycle;
+pub use lifecycle_report::{Abandoned, LifecycleReport, Outcome, Stopped, TaskKind};
+pub use policy::RestartPolicy;
+pub use report::{StopReason, SupervisorReport};
+pub use service::{Service, ServiceContext};
+pub use service_error::{BoxError, ServiceError};
+pub use session::Session;
+pub use signal::{ShutdownSignals, Signal};
+pub use status::{ServiceSnapshot, ServiceStatus, Snapshot, StatusChange};
+pub use supervisor::{Supervisor, SupervisorBuilder, SupervisorHandle};
