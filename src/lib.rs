@@ -3,10 +3,10 @@
 //! This facade re-exports [`keyloop_core`] and the backends enabled by features
 //! (`memory` by default; `sled`, `postgres`, `consul`).
 
-pub use keyloop_core::*;
-pub use keyloop_flow as flow;
 #[cfg(feature = "consul")]
 pub use keyloop_consul as consul;
+pub use keyloop_core::*;
+pub use keyloop_flow as flow;
 #[cfg(feature = "memory")]
 pub use keyloop_memory as memory;
 #[cfg(feature = "postgres")]

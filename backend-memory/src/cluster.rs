@@ -1,0 +1,215 @@
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use keyloop_core::{CoordinatorEvent, Key, NodeId};
+use tokio::time::Instant;
+
+use crate::record::{KeyRecord, NodeEntry};
+use crate::{MemoryConfig, MemoryCoordinator};
+
+const SHARDS: usize = 64;
+
+/// One in-memory cluster: a registry shared by every node built from it.
+///
+/// Cheap to clone; clones share the same registry.
+#[derive(Clone)]
+pub struct MemoryCluster {
+    pub(crate) state: Arc<ClusterState>,
+}
+
+impl Default for MemoryCluster {
+    fn default() -> Self {
+        MemoryCluster::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCluster")
+            .field("config", &self.state.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryCluster {
+    /// A new, empty cluster with the default configuration.
+    pub fn new() -> MemoryCluster {
+        MemoryCluster::with_config(MemoryConfig::default())
+    }
+
+    /// A new, empty cluster.
+    pub fn with_config(config: MemoryConfig) -> MemoryCluster {
+        MemoryCluster {
+            state: Arc::new(ClusterState {
+                config,
+                base: Instant::now(),
+                hasher: RandomState::new(),
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                nodes: RwLock::new(HashMap::new()),
+                pending: Mutex::new(VecDeque::new()),
+                epochs: AtomicU64::new(0),
+                seqs: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A coordinator handle for one more node of this cluster.
+    pub fn coordinator(&self) -> Arc<dyn keyloop_core::Coordinator> {
+        Arc::new(self.memory_coordinator())
+    }
+
+    /// Like [`coordinator`](Self::coordinator), with the concrete type.
+    pub fn memory_coordinator(&self) -> MemoryCoordinator {
+        MemoryCoordinator {
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    /// Test hook: `node`'s heartbeats hang (a stalled process or a partition) until
+    /// [`resume`](Self::resume). Its lease runs out after its TTL.
+    pub fn stall(&self, node: NodeId) {
+        if let Some(entry) = self.state.node(node) {
+            entry.stalled.store(true, Ordering::Release);
+        }
+    }
+
+    /// Test hook: lets a stalled node's heartbeats through again.
+    pub fn resume(&self, node: NodeId) {
+        if let Some(entry) = self.state.node(node) {
+            entry.stalled.store(false, Ordering::Release);
+            entry.unstall.notify_waiters();
+        }
+    }
+
+    /// Test hook: `node` crashes as far as the backend can tell: its heartbeats hang forever
+    /// and it gets no more events; its keys fail over once its lease expires. Combine with
+    /// `Engine::kill` to make its loops vanish too.
+    pub fn crash(&self, node: NodeId) {
+        if let Some(entry) = self.state.node(node) {
+            entry.crashed.store(true, Ordering::Release);
+            entry.stalled.store(true, Ordering::Release);
+        }
+    }
+
+    /// Test hook: sends `Resync` to every live node (as a backend does after a gap).
+    pub fn resync_all(&self) {
+        let now = self.state.now_nanos();
+        for node in self.state.live_nodes(now) {
+            node.send(CoordinatorEvent::Resync);
+        }
+    }
+
+    /// Number of registered keys.
+    pub fn registered(&self) -> usize {
+        self.state
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().len())
+            .sum()
+    }
+}
+
+pub(crate) type Shard = Mutex<HashMap<Key, KeyRecord>>;
+
+pub(crate) struct ClusterState {
+    pub(crate) config: MemoryConfig,
+    base: Instant,
+    hasher: RandomState,
+    pub(crate) shards: Box<[Shard]>,
+    pub(crate) nodes: RwLock<HashMap<NodeId, Arc<NodeEntry>>>,
+    /// Keys that may be claimable. May hold stale entries; `KeyRecord::queued` prevents
+    /// duplicates. Lock order: a shard, then `pending`; never the reverse.
+    pub(crate) pending: Mutex<VecDeque<Key>>,
+    /// Global counters: epochs and trigger sequences strictly increase per key forever,
+    /// also across retirement and re-registration.
+    pub(crate) epochs: AtomicU64,
+    pub(crate) seqs: AtomicU64,
+}
+
+impl ClusterState {
+    pub(crate) fn shard(&self, key: &str) -> &Shard {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    pub(crate) fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    pub(crate) fn now_nanos(&self) -> u64 {
+        self.nanos(Instant::now())
+    }
+
+    pub(crate) fn node(&self, id: NodeId) -> Option<Arc<NodeEntry>> {
+        self.nodes.read().unwrap().get(&id).cloned()
+    }
+
+    pub(crate) fn live_nodes(&self, now: u64) -> Vec<Arc<NodeEntry>> {
+        self.nodes
+            .read()
+            .unwrap()
+            .values()
+            .filter(|n| n.alive_at(now))
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn broadcast_available(&self) {
+        let now = self.now_nanos();
+        for node in self.live_nodes(now) {
+            node.send(CoordinatorEvent::KeysAvailable);
+        }
+    }
+
+    /// Puts a claimable key in the pending queue (caller holds the key's shard lock).
+    pub(crate) fn enqueue(&self, key: &Key, record: &mut KeyRecord) {
+        if !record.queued {
+            record.queued = true;
+            self.pending.lock().unwrap().push_back(key.clone());
+        }
+    }
+
+    /// Marks expired nodes gone and queues the keys they owned.
+    pub(crate) fn reap_expired(&self) {
+        let now = self.now_nanos();
+        let expired: Vec<Arc<NodeEntry>> = {
+            let mut nodes = self.nodes.write().unwrap();
+            let expired: Vec<_> = nodes
+                .values()
+                .filter(|n| !n.alive_at(now))
+                .cloned()
+                .collect();
+            for node in &expired {
+                nodes.remove(&node.id());
+            }
+            expired
+        };
+        if expired.is_empty() {
+            return;
+        }
+        for node in &expired {
+            node.gone.store(true, Ordering::Release);
+        }
+        self.release_all_of(&expired);
+    }
+
+    /// Unowns every key owned by one of `nodes` and queues it.
+    pub(crate) fn release_all_of(&self, nodes: &[Arc<NodeEntry>]) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap();
+            for (key, record) in shard.iter_mut() {
+                let owned_by_them = record
+                    .owner
+                    .as_ref()
+                    .is_some_and(|o| nodes.iter().any(|n| Arc::ptr_eq(o, n)));
+                if owned_by_them {
+                    record.owner = None;
+                    if record.parked().is_none() {
+                        self.enqueue(key, record);
+                    }
+                }
+            }
+        }
+    }
+}

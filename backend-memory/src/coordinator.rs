@@ -1,0 +1,354 @@
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use keyloop_core::{
+    Claim, ClusterSnapshot, Coordinator, CoordinatorError, CoordinatorEvent, Epoch, EventSink, Key,
+    KeyInfo, Lease, Limits, NodeId, NodeInfo, NodeSnapshot, Release, Released, TriggerOutcome,
+    TriggerSeq,
+};
+use tokio::time::Instant;
+
+use crate::cluster::ClusterState;
+use crate::record::{KeyRecord, NodeEntry};
+
+/// One node's handle on a [`MemoryCluster`](crate::MemoryCluster).
+#[derive(Clone)]
+pub struct MemoryCoordinator {
+    pub(crate) state: Arc<ClusterState>,
+}
+
+impl std::fmt::Debug for MemoryCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryCoordinator")
+    }
+}
+
+impl MemoryCoordinator {
+    /// Checks that `node` owns `record` at `epoch` with a live lease.
+    fn check_fence(
+        &self,
+        node: &NodeId,
+        key: &Key,
+        epoch: Epoch,
+        record: Option<&KeyRecord>,
+    ) -> Result<(), CoordinatorError> {
+        let now = self.state.now_nanos();
+        let owns = record.is_some_and(|r| {
+            r.epoch == epoch.0 && r.live_owner(now).is_some_and(|o| o.id() == *node)
+        });
+        if owns {
+            Ok(())
+        } else {
+            Err(CoordinatorError::Fenced {
+                node: *node,
+                key: key.clone(),
+                epoch,
+            })
+        }
+    }
+
+    fn claimable(&self, record: &KeyRecord, node: NodeId, now: u64, at: Instant) -> bool {
+        record.live_owner(now).is_none()
+            && record.parked().is_none()
+            && !record.avoided_by(node, at)
+    }
+
+    fn grant(&self, node: &Arc<NodeEntry>, key: &Key, record: &mut KeyRecord) -> Claim {
+        let epoch = self.state.epochs.fetch_add(1, Ordering::AcqRel) + 1;
+        record.owner = Some(Arc::clone(node));
+        record.epoch = epoch;
+        record.set_avoid(None);
+        Claim {
+            key: key.clone(),
+            epoch: Epoch(epoch),
+            trigger_seq: TriggerSeq(record.seq),
+        }
+    }
+
+    fn live_node(&self, node: &NodeId) -> Result<Arc<NodeEntry>, CoordinatorError> {
+        let now = self.state.now_nanos();
+        self.state
+            .node(*node)
+            .filter(|n| n.alive_at(now))
+            .ok_or(CoordinatorError::LeaseExpired { node: *node })
+    }
+}
+
+#[async_trait]
+impl Coordinator for MemoryCoordinator {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_state_bytes: self.state.config.max_state_bytes,
+        }
+    }
+
+    async fn join(
+        &self,
+        node: &NodeInfo,
+        ttl: Duration,
+        events: EventSink,
+    ) -> Result<Lease, CoordinatorError> {
+        let expires = self.state.nanos(Instant::now() + ttl);
+        let entry = Arc::new(NodeEntry::new(node.clone(), events, ttl, expires));
+        self.state.nodes.write().unwrap().insert(node.id, entry);
+        let has_pending = !self.state.pending.lock().unwrap().is_empty();
+        if has_pending {
+            self.state.broadcast_available();
+        }
+        Ok(Lease { ttl })
+    }
+
+    async fn heartbeat(&self, node: &NodeId) -> Result<Lease, CoordinatorError> {
+        let entry = self
+            .state
+            .node(*node)
+            .ok_or(CoordinatorError::LeaseExpired { node: *node })?;
+        while entry.stalled.load(Ordering::Acquire) {
+            let unstalled = entry.unstall.notified();
+            tokio::pin!(unstalled);
+            unstalled.as_mut().enable();
+            if !entry.stalled.load(Ordering::Acquire) {
+                break;
+            }
+            unstalled.await;
+        }
+        let now = Instant::now();
+        if !entry.alive_at(self.state.nanos(now)) {
+            self.state.reap_expired();
+            return Err(CoordinatorError::LeaseExpired { node: *node });
+        }
+        let ttl = entry.ttl;
+        entry.renew(self.state.nanos(now + ttl));
+        Ok(Lease { ttl })
+    }
+
+    async fn leave(&self, node: &NodeId) -> Result<(), CoordinatorError> {
+        let entry = self.state.nodes.write().unwrap().remove(node);
+        if let Some(entry) = entry {
+            entry.gone.store(true, Ordering::Release);
+            self.state.release_all_of(&[entry]);
+            self.state.broadcast_available();
+        }
+        Ok(())
+    }
+
+    async fn trigger(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError> {
+        let now = self.state.now_nanos();
+        let seq = self.state.seqs.fetch_add(1, Ordering::AcqRel) + 1;
+        let (registered, owner) = {
+            let mut shard = self.state.shard(key.as_str()).lock().unwrap();
+            let (registered, record) = match shard.get_mut(key.as_str()) {
+                Some(record) => (false, record),
+                None => (true, shard.entry(key.clone()).or_default()),
+            };
+            record.seq = seq;
+            record.set_parked(None);
+            let owner = record.live_owner(now).cloned();
+            if owner.is_none() {
+                self.state.enqueue(key, record);
+            }
+            (registered, owner)
+        };
+        match &owner {
+            Some(owner) => owner.send(CoordinatorEvent::Triggered {
+                key: key.clone(),
+                seq: TriggerSeq(seq),
+            }),
+            None => self.state.broadcast_available(),
+        }
+        Ok(TriggerOutcome {
+            seq: TriggerSeq(seq),
+            registered,
+            owner: owner.map(|o| o.id()),
+        })
+    }
+
+    async fn claim(&self, node: &NodeId, max: usize) -> Result<Vec<Claim>, CoordinatorError> {
+        self.state.reap_expired();
+        let entry = self.live_node(node)?;
+        let at = Instant::now();
+        let now = self.state.nanos(at);
+        let mut claims = Vec::new();
+        let mut skipped = Vec::new();
+        while claims.len() < max {
+            let Some(key) = self.state.pending.lock().unwrap().pop_front() else {
+                break;
+            };
+            let mut shard = self.state.shard(key.as_str()).lock().unwrap();
+            let Some(record) = shard.get_mut(key.as_str()) else {
+                continue;
+            };
+            if record.live_owner(now).is_some() || record.parked().is_some() {
+                record.queued = false;
+            } else if record.avoided_by(*node, at) {
+                skipped.push(key.clone());
+            } else {
+                record.queued = false;
+                claims.push(self.grant(&entry, &key, record));
+            }
+        }
+        if !skipped.is_empty() {
+            let mut pending = self.state.pending.lock().unwrap();
+            for key in skipped {
+                pending.push_back(key);
+            }
+        }
+        Ok(claims)
+    }
+
+    async fn claim_key(&self, node: &NodeId, key: &Key) -> Result<Option<Claim>, CoordinatorError> {
+        self.state.reap_expired();
+        let entry = self.live_node(node)?;
+        let at = Instant::now();
+        let now = self.state.nanos(at);
+        let mut shard = self.state.shard(key.as_str()).lock().unwrap();
+        let Some(record) = shard.get_mut(key.as_str()) else {
+            return Ok(None);
+        };
+        if let Some(owner) = record.live_owner(now) {
+            return Ok((owner.id() == *node).then(|| Claim {
+                key: key.clone(),
+                epoch: Epoch(record.epoch),
+                trigger_seq: TriggerSeq(record.seq),
+            }));
+        }
+        if !self.claimable(record, *node, now, at) {
+            return Ok(None);
+        }
+        // The key may still sit in the pending queue; `claim` drops it there as owned.
+        Ok(Some(self.grant(&entry, key, record)))
+    }
+
+    async fn release(
+        &self,
+        node: &NodeId,
+        key: &Key,
+        epoch: Epoch,
+        how: Release,
+    ) -> Result<Released, CoordinatorError> {
+        let released = {
+            let mut shard = self.state.shard(key.as_str()).lock().unwrap();
+            self.check_fence(node, key, epoch, shard.get(key.as_str()))?;
+            let record = shard.get_mut(key.as_str()).expect("checked by the fence");
+            match how {
+                Release::Complete { observed_seq } => {
+                    if record.seq <= observed_seq.0 {
+                        shard.remove(key.as_str());
+                        return Ok(Released::Retired);
+                    }
+                    return Ok(Released::Retriggered {
+                        seq: TriggerSeq(record.seq),
+                    });
+                }
+                Release::Continue { avoid_for } => {
+                    record.owner = None;
+                    if !avoid_for.is_zero() {
+                        record.set_avoid(Some((*node, Instant::now() + avoid_for)));
+                    }
+                    self.state.enqueue(key, record);
+                    true
+                }
+                Release::Park { error } => {
+                    record.owner = None;
+                    record.set_parked(Some(error));
+                    false
+                }
+                _ => false,
+            }
+        };
+        if released {
+            self.state.broadcast_available();
+        }
+        Ok(Released::Released)
+    }
+
+    async fn owned(&self, node: &NodeId) -> Result<Vec<Claim>, CoordinatorError> {
+        let _ = self.live_node(node)?;
+        let now = self.state.now_nanos();
+        let mut out = Vec::new();
+        for shard in self.state.shards.iter() {
+            for (key, record) in shard.lock().unwrap().iter() {
+                if record.live_owner(now).is_some_and(|o| o.id() == *node) {
+                    out.push(Claim {
+                        key: key.clone(),
+                        epoch: Epoch(record.epoch),
+                        trigger_seq: TriggerSeq(record.seq),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_state(&self, key: &Key) -> Result<Option<Bytes>, CoordinatorError> {
+        let shard = self.state.shard(key.as_str()).lock().unwrap();
+        Ok(shard.get(key.as_str()).and_then(|r| r.state.clone()))
+    }
+
+    async fn save_state(
+        &self,
+        node: &NodeId,
+        key: &Key,
+        epoch: Epoch,
+        state: Bytes,
+    ) -> Result<(), CoordinatorError> {
+        let max = self.state.config.max_state_bytes;
+        if state.len() > max {
+            return Err(CoordinatorError::StateTooLarge {
+                key: key.clone(),
+                size: state.len(),
+                max,
+            });
+        }
+        let mut shard = self.state.shard(key.as_str()).lock().unwrap();
+        self.check_fence(node, key, epoch, shard.get(key.as_str()))?;
+        if let Some(record) = shard.get_mut(key.as_str()) {
+            record.state = Some(state);
+        }
+        Ok(())
+    }
+
+    async fn key_info(&self, key: &Key) -> Result<Option<KeyInfo>, CoordinatorError> {
+        let now = self.state.now_nanos();
+        let shard = self.state.shard(key.as_str()).lock().unwrap();
+        Ok(shard.get(key.as_str()).map(|r| info(key, r, now)))
+    }
+
+    async fn inspect(&self) -> Result<ClusterSnapshot, CoordinatorError> {
+        let now = self.state.now_nanos();
+        let mut nodes: Vec<NodeSnapshot> = self
+            .state
+            .nodes
+            .read()
+            .unwrap()
+            .values()
+            .map(|n| NodeSnapshot {
+                id: n.id(),
+                name: n.info.name.clone(),
+                alive: n.alive_at(now),
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        let mut keys = Vec::new();
+        for shard in self.state.shards.iter() {
+            for (key, record) in shard.lock().unwrap().iter() {
+                keys.push(info(key, record, now));
+            }
+        }
+        keys.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(ClusterSnapshot { nodes, keys })
+    }
+}
+
+fn info(key: &Key, record: &KeyRecord, now: u64) -> KeyInfo {
+    KeyInfo {
+        key: key.clone(),
+        owner: record.live_owner(now).map(|o| o.id()),
+        epoch: (record.epoch > 0).then_some(Epoch(record.epoch)),
+        trigger_seq: TriggerSeq(record.seq),
+        parked: record.parked().cloned(),
+    }
+}
