@@ -1,0 +1,231 @@
+//! Fault injection: rules that make the next matching requests misbehave.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::store::Store;
+
+/// One way to misbehave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultKind {
+    /// Answer `500 Internal Server Error` without doing anything.
+    Error500,
+    /// Close the connection without answering (the request is not processed).
+    DropConnection,
+    /// Process the request normally, but answer only after this long.
+    Delay(Duration),
+    /// Report an `X-Consul-Index` lower than the one last reported (as after a tombstone
+    /// reap or a snapshot restore). Only KV reads carry an index, so only they consume it.
+    IndexBackwards,
+    /// Report `X-Consul-Index: 1`, as a freshly restored cluster would. Only KV reads
+    /// consume it.
+    IndexReset,
+    /// Report `X-Consul-Index: 0`, which a careless client would busy-loop on. Only KV
+    /// reads consume it.
+    IndexZero,
+}
+
+impl FaultKind {
+    pub(crate) fn is_index_fault(self) -> bool {
+        matches!(
+            self,
+            FaultKind::IndexBackwards | FaultKind::IndexReset | FaultKind::IndexZero
+        )
+    }
+}
+
+/// Which requests a fault applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Target {
+    /// Every request.
+    Any,
+    /// Requests whose decoded path starts with this (e.g. `/v1/txn`, `/v1/kv/app/`).
+    PathPrefix(String),
+    /// Blocking queries only (requests carrying a non-zero `index`).
+    Blocking,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Rule {
+    pub(crate) kind: FaultKind,
+    pub(crate) target: Target,
+    pub(crate) remaining: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct FaultState {
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) counts: BTreeMap<String, u64>,
+}
+
+impl FaultState {
+    /// Takes the first rule matching this request, if any. Index faults are only taken by
+    /// requests that report an index.
+    pub(crate) fn take(
+        &mut self,
+        path: &str,
+        blocking: bool,
+        reports_index: bool,
+    ) -> Option<FaultKind> {
+        let pos = self.rules.iter().position(|r| {
+            r.remaining > 0
+                && (reports_index || !r.kind.is_index_fault())
+                && match &r.target {
+                    Target::Any => true,
+                    Target::PathPrefix(p) => path.starts_with(p.as_str()),
+                    Target::Blocking => blocking,
+                }
+        })?;
+        let rule = &mut self.rules[pos];
+        rule.remaining -= 1;
+        let kind = rule.kind;
+        if rule.remaining == 0 {
+            self.rules.remove(pos);
+        }
+        Some(kind)
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Mutex<Store>,
+    pub(crate) changed: watch::Sender<u64>,
+    pub(crate) faults: Mutex<FaultState>,
+}
+
+/// Controls a running [`Emulator`](crate::Emulator): fault injection, operator actions
+/// (destroying or invalidating sessions) and request counts.
+#[derive(Clone)]
+pub struct Control {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Control")
+    }
+}
+
+/// A session as the emulator holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The session id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its TTL, if it has one.
+    pub ttl: Option<Duration>,
+    /// Its lock-delay.
+    pub lock_delay: Duration,
+}
+
+impl Control {
+    /// Makes the next `count` requests matching `target` misbehave as `kind`. Rules are
+    /// tried in the order they were added.
+    pub fn inject(&self, kind: FaultKind, count: usize, target: Target) {
+        if count == 0 {
+            return;
+        }
+        self.shared.faults.lock().unwrap().rules.push(Rule {
+            kind,
+            target,
+            remaining: count,
+        });
+    }
+
+    /// Removes every pending fault rule.
+    pub fn clear_faults(&self) {
+        self.shared.faults.lock().unwrap().rules.clear();
+    }
+
+    /// How many injected faults are still waiting for a matching request.
+    pub fn pending_faults(&self) -> usize {
+        self.shared
+            .faults
+            .lock()
+            .unwrap()
+            .rules
+            .iter()
+            .map(|r| r.remaining)
+            .sum()
+    }
+
+    /// Destroys a session as an operator would (`consul session destroy`): its locks are
+    /// released and lock-delay applies to them. Returns whether it existed.
+    pub fn destroy_session(&self, id: &str) -> bool {
+        self.invalidate(id)
+    }
+
+    /// Invalidates a session as if its TTL had run out or a check had failed.
+    pub fn expire_session(&self, id: &str) -> bool {
+        self.invalidate(id)
+    }
+
+    fn invalidate(&self, id: &str) -> bool {
+        let mut store = self.shared.store.lock().unwrap();
+        let done = store.invalidate(id, tokio::time::Instant::now());
+        let index = store.index();
+        drop(store);
+        self.shared.changed.send_replace(index);
+        done
+    }
+
+    /// Every live session.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.shared
+            .store
+            .lock()
+            .unwrap()
+            .sessions()
+            .into_iter()
+            .map(|s| SessionInfo {
+                id: s.id,
+                name: s.name,
+                ttl: s.ttl,
+                lock_delay: s.lock_delay,
+            })
+            .collect()
+    }
+
+    /// The current global index.
+    pub fn index(&self) -> u64 {
+        self.shared.store.lock().unwrap().index()
+    }
+
+    /// Requests received so far, by `METHOD endpoint` (for example `PUT /v1/txn`,
+    /// `GET /v1/kv`, `PUT /v1/session/renew`), counting faulted ones too.
+    pub fn request_counts(&self) -> BTreeMap<String, u64> {
+        self.shared.faults.lock().unwrap().counts.clone()
+    }
+
+    /// Total requests received so far.
+    pub fn request_total(&self) -> u64 {
+        self.shared.faults.lock().unwrap().counts.values().sum()
+    }
+
+    /// The raw value stored at `key`, bypassing HTTP (for assertions in tests).
+    pub fn kv_value(&self, key: &str) -> Option<Vec<u8>> {
+        self.shared
+            .store
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|e| e.value.clone())
+    }
+
+    /// Every stored key under `prefix`, bypassing HTTP.
+    pub fn kv_keys(&self, prefix: &str) -> Vec<String> {
+        self.shared
+            .store
+            .lock()
+            .unwrap()
+            .list(prefix)
+            .into_iter()
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+}
