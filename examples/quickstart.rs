@@ -92,7 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         )
         .node_name(name)
-        .max_loops(10)
+        .max_loops(12)
         .lease_ttl(Duration::from_secs(3))
         .shutdown_grace(Duration::from_secs(5))
         .start()
