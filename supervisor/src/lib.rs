@@ -36,3 +36,6 @@ pub use session::Session;
 pub use signal::{ShutdownSignals, Signal};
 pub use status::{ServiceSnapshot, ServiceStatus, Snapshot, StatusChange};
 pub use supervisor::{Supervisor, SupervisorBuilder, SupervisorHandle};
+/// The stop token handed to services and sessions, re-exported so users need not depend on
+/// `tokio-util` themselves.
+pub use tokio_util::sync::CancellationToken;
