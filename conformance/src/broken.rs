@@ -1,0 +1,1 @@
+//! Deliberately broken coordinators, to show that the suite catches them.

@@ -1,0 +1,53 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyloop_core::Coordinator;
+
+/// What a backend provides to run the conformance suite: fresh isolated namespaces and the
+/// lease TTL its cases use.
+///
+/// The harness is built once per case (by the expression given to
+/// [`conformance_tests!`](crate::conformance_tests)), so it may be cheap to make; expensive
+/// set-up (a database server) belongs in a process-wide `OnceLock` the harness refers to.
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    /// Backend name for messages.
+    fn name(&self) -> &str;
+
+    /// Lease TTL the cases use on this backend; every other timing of a case (heartbeat,
+    /// claim interval, backoff, timeouts) is derived from it.
+    fn lease_ttl(&self) -> Duration;
+
+    /// A fresh, isolated namespace (memory: a new cluster; postgres: a new schema; sled: a
+    /// new directory). Nothing of an earlier namespace is visible in it.
+    async fn namespace(&self) -> Box<dyn Namespace>;
+}
+
+/// One isolated cluster of a backend, in which a case starts its nodes.
+#[async_trait]
+pub trait Namespace: Send + Sync {
+    /// A coordinator for one more node of this namespace (each engine gets its own, as
+    /// separate processes would).
+    async fn coordinator(&self) -> Arc<dyn Coordinator>;
+
+    /// Restarts the backend itself (reopen the sled database, restart the server) if it can;
+    /// returns `false` when the backend has no such notion. Called only while no engine of
+    /// the namespace runs; coordinators made before the restart are not used afterwards.
+    async fn restart_backend(&self) -> bool {
+        false
+    }
+}
+
+#[async_trait]
+impl<H: Harness + ?Sized> Harness for Arc<H> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn lease_ttl(&self) -> Duration {
+        (**self).lease_ttl()
+    }
+    async fn namespace(&self) -> Box<dyn Namespace> {
+        (**self).namespace().await
+    }
+}

@@ -1,0 +1,399 @@
+//! A log of what loops did, shared by every node of a case, with waiting and checks.
+
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use keyloop_core::{Decision, Epoch, Key, NodeId, ShutdownReason};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// What happened in one loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Happening {
+    /// `Controller::run` was entered.
+    Start,
+    /// The loop observed a trigger burst (`ctx.next()` returned `Triggered`).
+    TriggerObserved,
+    /// The loop saw its shutdown signal, with the reason and whether its cancellation token
+    /// was cancelled at that moment.
+    Shutdown {
+        /// The reason given.
+        reason: ShutdownReason,
+        /// Whether `ctx.cancellation_token()` was cancelled too.
+        token_cancelled: bool,
+    },
+    /// The loop loaded its state (decoded as a counter where possible).
+    StateLoaded(Option<Vec<u8>>),
+    /// The loop saved its state.
+    StateSaved(Vec<u8>),
+    /// A state save failed; the error's `Debug` form.
+    SaveFailed(String),
+    /// `run` returned a decision.
+    End(Decision),
+    /// `run` returned an error.
+    Failed(String),
+    /// `run` is about to panic.
+    Panicking,
+    /// The loop's future was dropped without returning (the task was aborted).
+    Dropped,
+}
+
+impl Happening {
+    /// Whether the loop is over after this.
+    pub fn ends_loop(&self) -> bool {
+        matches!(
+            self,
+            Happening::End(_) | Happening::Failed(_) | Happening::Panicking | Happening::Dropped
+        )
+    }
+}
+
+/// One entry of the log.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Position in the log.
+    pub index: usize,
+    /// When it happened (tokio's clock, so virtual under paused time).
+    pub at: Instant,
+    /// The name of the node, as the case called it.
+    pub node: String,
+    /// The node incarnation that ran the loop.
+    pub node_id: NodeId,
+    /// The key.
+    pub key: Key,
+    /// The loop's epoch.
+    pub epoch: Epoch,
+    /// Which run of this key this is, counted across all nodes (0 for the first).
+    pub run: usize,
+    /// What happened.
+    pub what: Happening,
+}
+
+#[derive(Debug, Clone)]
+struct Live {
+    run: usize,
+    node: String,
+    node_id: NodeId,
+    epoch: Epoch,
+    since: Instant,
+}
+
+/// Everything recorded so far, with indexes for cheap queries.
+#[derive(Default)]
+pub struct Log {
+    records: Vec<Record>,
+    runs_by_key: HashMap<Key, usize>,
+    live: HashMap<Key, Vec<Live>>,
+    live_per_node: HashMap<String, usize>,
+    max_live_per_node: HashMap<String, usize>,
+    max_epoch: HashMap<Key, (Epoch, NodeId)>,
+    violations: Vec<String>,
+    /// Keys allowed to overlap (an abandoned loop may outlive its ownership).
+    overlap_allowed: Vec<Key>,
+}
+
+impl Log {
+    /// Every record, in order.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// Records of `key`, in order.
+    pub fn of(&self, key: &Key) -> impl Iterator<Item = &Record> {
+        self.records.iter().filter(move |r| &r.key == key)
+    }
+
+    /// The `Start` records of `key`, in order.
+    pub fn starts(&self, key: &Key) -> Vec<&Record> {
+        self.of(key)
+            .filter(|r| r.what == Happening::Start)
+            .collect()
+    }
+
+    /// How many times `key` was started.
+    pub fn start_count(&self, key: &Key) -> usize {
+        self.runs_by_key.get(key).copied().unwrap_or(0)
+    }
+
+    /// How many distinct keys were started at least once.
+    pub fn started_keys(&self) -> usize {
+        self.runs_by_key.len()
+    }
+
+    /// Records of `key` matching `what`.
+    pub fn count(&self, key: &Key, what: impl Fn(&Happening) -> bool) -> usize {
+        self.of(key).filter(|r| what(&r.what)).count()
+    }
+
+    /// The last record of `key` matching `what`.
+    pub fn last(&self, key: &Key, what: impl Fn(&Happening) -> bool) -> Option<&Record> {
+        self.of(key).filter(|r| what(&r.what)).last()
+    }
+
+    /// Whether a loop of `key` is running now (started, not yet ended).
+    pub fn is_live(&self, key: &Key) -> bool {
+        self.live.get(key).is_some_and(|l| !l.is_empty())
+    }
+
+    /// Node names with a live loop for `key`.
+    pub fn live_nodes(&self, key: &Key) -> Vec<String> {
+        self.live
+            .get(key)
+            .map(|l| l.iter().map(|l| l.node.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of live loops on node `node`.
+    pub fn live_on(&self, node: &str) -> usize {
+        self.live_per_node.get(node).copied().unwrap_or(0)
+    }
+
+    /// The most loops node `node` ever ran at once.
+    pub fn max_live_on(&self, node: &str) -> usize {
+        self.max_live_per_node.get(node).copied().unwrap_or(0)
+    }
+
+    /// Overlaps and epoch regressions seen so far.
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    fn push(
+        &mut self,
+        node: &str,
+        node_id: NodeId,
+        key: &Key,
+        epoch: Epoch,
+        run: usize,
+        what: Happening,
+    ) {
+        let at = Instant::now();
+        if what == Happening::Start {
+            self.check_start(node, node_id, key, epoch, run, at);
+        } else if what.ends_loop() {
+            if let Some(lives) = self.live.get_mut(key) {
+                if let Some(pos) = lives.iter().position(|l| l.run == run) {
+                    let gone = lives.remove(pos);
+                    if let Some(n) = self.live_per_node.get_mut(&gone.node) {
+                        *n -= 1;
+                    }
+                }
+            }
+        }
+        self.records.push(Record {
+            index: self.records.len(),
+            at,
+            node: node.to_string(),
+            node_id,
+            key: key.clone(),
+            epoch,
+            run,
+            what,
+        });
+    }
+
+    fn check_start(
+        &mut self,
+        node: &str,
+        node_id: NodeId,
+        key: &Key,
+        epoch: Epoch,
+        run: usize,
+        at: Instant,
+    ) {
+        let lives = self.live.entry(key.clone()).or_default();
+        if !self.overlap_allowed.contains(key) {
+            for other in lives.iter() {
+                self.violations.push(format!(
+                    "two live loops for key {key:?}: run {run} started on {node} ({node_id:?}) at epoch {epoch} \
+                     while run {} on {} ({:?}) at epoch {} (started {:?} earlier) had not ended",
+                    other.run,
+                    other.node,
+                    other.node_id,
+                    other.epoch,
+                    at - other.since,
+                ));
+            }
+        }
+        lives.push(Live {
+            run,
+            node: node.to_string(),
+            node_id,
+            epoch,
+            since: at,
+        });
+        let n = self.live_per_node.entry(node.to_string()).or_default();
+        *n += 1;
+        let max = self.max_live_per_node.entry(node.to_string()).or_default();
+        *max = (*max).max(*n);
+        match self.max_epoch.get(key) {
+            Some(&(max, by)) if epoch < max || (epoch == max && by != node_id) => {
+                self.violations.push(format!(
+                    "epoch did not increase for key {key:?}: run {run} on {node} ({node_id:?}) got epoch \
+                     {epoch} after epoch {max} on {by:?}"
+                ));
+            }
+            _ => {}
+        }
+        let entry = self
+            .max_epoch
+            .entry(key.clone())
+            .or_insert((epoch, node_id));
+        if epoch >= entry.0 {
+            *entry = (epoch, node_id);
+        }
+    }
+}
+
+impl fmt::Debug for Log {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(first) = self.records.first() else {
+            return f.write_str("(no loop activity)");
+        };
+        let origin = first.at;
+        let shown = self.records.len().min(200);
+        let skip = self.records.len() - shown;
+        if skip > 0 {
+            writeln!(f, "({skip} earlier records not shown)")?;
+        }
+        for r in &self.records[skip..] {
+            writeln!(
+                f,
+                "  +{:>10.3?} {:<8} {:?} key={:?} epoch={} run={} {:?}",
+                r.at - origin,
+                r.node,
+                r.node_id,
+                r.key.as_str(),
+                r.epoch,
+                r.run,
+                r.what
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A shared, append-only log of loop activity across every node of a case.
+#[derive(Clone)]
+pub struct Recorder {
+    log: Arc<Mutex<Log>>,
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::new()
+    }
+}
+
+impl fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.lock().fmt(f)
+    }
+}
+
+impl Recorder {
+    /// An empty log.
+    pub fn new() -> Recorder {
+        Recorder {
+            log: Arc::new(Mutex::new(Log::default())),
+            changed: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Locks the log to query it.
+    pub fn lock(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Allows loops of `key` to overlap (an abandoned loop may run on past its ownership).
+    pub fn allow_overlap(&self, key: &Key) {
+        self.lock().overlap_allowed.push(key.clone());
+    }
+
+    /// Starts a run of `key`; returns its run number.
+    pub(crate) fn start(&self, node: &str, node_id: NodeId, key: &Key, epoch: Epoch) -> usize {
+        let run = {
+            let mut log = self.lock();
+            let runs = log.runs_by_key.entry(key.clone()).or_insert(0);
+            let run = *runs;
+            *runs += 1;
+            log.push(node, node_id, key, epoch, run, Happening::Start);
+            run
+        };
+        self.changed.send_modify(|v| *v += 1);
+        run
+    }
+
+    pub(crate) fn note(
+        &self,
+        node: &str,
+        node_id: NodeId,
+        key: &Key,
+        epoch: Epoch,
+        run: usize,
+        what: Happening,
+    ) {
+        self.lock().push(node, node_id, key, epoch, run, what);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Waits until `done` holds on the log; panics with `what` and the log after `timeout`.
+    pub async fn wait_until(&self, what: &str, timeout: Duration, done: impl Fn(&Log) -> bool) {
+        let mut changes = self.changed.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                changes.borrow_and_update();
+                if done(&self.lock()) {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if waited.is_err() {
+            panic!("timed out after {timeout:?} waiting until {what}; loop log:\n{self:?}");
+        }
+    }
+
+    /// Panics if, within `quiet`, anything matching `unwanted` happens (for checks that
+    /// something does *not* happen; the only place the suite waits a fixed time).
+    pub async fn assert_nothing_for(
+        &self,
+        what: &str,
+        quiet: Duration,
+        unwanted: impl Fn(&Log) -> bool,
+    ) {
+        let mut changes = self.changed.subscribe();
+        let _ = tokio::time::timeout(quiet, async {
+            loop {
+                changes.borrow_and_update();
+                assert!(
+                    !unwanted(&self.lock()),
+                    "{what} happened, which must not; loop log:\n{self:?}"
+                );
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Panics if two loops of a key ever overlapped or an epoch failed to increase.
+    pub fn assert_consistent(&self) {
+        let log = self.lock();
+        if !log.violations.is_empty() {
+            let mut msg = String::new();
+            for v in &log.violations {
+                let _ = writeln!(msg, "- {v}");
+            }
+            panic!("single-owner violations:\n{msg}loop log:\n{log:?}");
+        }
+    }
+}
