@@ -1,0 +1,439 @@
+//! The [`Coordinator`] operations over the store.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use keyloop_core::{
+    Claim, ClusterSnapshot, Coordinator, CoordinatorError, CoordinatorEvent, Epoch, EventSink, Key,
+    KeyInfo, Lease, Limits, NodeId, NodeInfo, Release, Released, TriggerOutcome, TriggerSeq,
+};
+use tokio::time::Instant;
+
+use crate::SledStore;
+use crate::error::corrupt;
+use crate::nodes::Outbox;
+use crate::schema::{self, Record};
+use crate::store::Core;
+
+/// The [`Coordinator`] of a [`SledStore`], made by [`SledStore::coordinator`].
+///
+/// Any number of nodes may use one coordinator or several; they all share the store.
+/// Node leases live in this process only (measured with `tokio::time::Instant`): after a
+/// restart every earlier node is dead and all its keys are claimable at once.
+#[derive(Clone, Debug)]
+pub struct SledCoordinator {
+    store: SledStore,
+}
+
+impl SledCoordinator {
+    pub(crate) fn new(store: SledStore) -> SledCoordinator {
+        SledCoordinator { store }
+    }
+
+    /// The store this coordinator works on.
+    pub fn store(&self) -> &SledStore {
+        &self.store
+    }
+
+    /// Fault injection for tests: while `muted`, events for `node` are dropped as if a
+    /// notification channel had failed; unmuting sends the node a
+    /// [`Resync`](CoordinatorEvent::Resync) if anything was dropped. Returns whether the
+    /// node is known.
+    pub fn mute_events(&self, node: &NodeId, muted: bool) -> bool {
+        self.core().nodes.set_muted(node, muted)
+    }
+
+    fn core(&self) -> &Core {
+        self.store.core()
+    }
+}
+
+impl Core {
+    fn read(&self, key: &str) -> Result<Option<Record>, CoordinatorError> {
+        match self.tree.get(schema::record_key(key)) {
+            Ok(None) => Ok(None),
+            Ok(Some(raw)) => Record::decode(&raw)
+                .map(Some)
+                .map_err(|e| corrupt(&self.label, format!("record of key {key:?}: {e}"))),
+            Err(e) => Err(self.err("read", e)),
+        }
+    }
+
+    fn write(&self, key: &str, record: &Record) -> Result<(), CoordinatorError> {
+        self.tree
+            .insert(schema::record_key(key), record.encode())
+            .map(drop)
+            .map_err(|e| self.err("write", e))
+    }
+
+    /// The record of `key` if `node` owns it at `epoch` with a live lease. Call under the
+    /// key's stripe.
+    fn fenced(&self, node: &NodeId, key: &Key, epoch: Epoch) -> Result<Record, CoordinatorError> {
+        match self.read(key.as_str())? {
+            Some(record)
+                if record.owner == Some(*node)
+                    && record.epoch == epoch.0
+                    && self.nodes.is_alive(node) =>
+            {
+                Ok(record)
+            }
+            _ => Err(CoordinatorError::Fenced {
+                node: *node,
+                key: key.clone(),
+                epoch,
+            }),
+        }
+    }
+
+    /// Whether `record` may be claimed by `node` now (call under the key's stripe).
+    fn claimable(&self, record: &Record) -> bool {
+        record.parked.is_none()
+            && !record
+                .owner
+                .is_some_and(|owner| self.nodes.is_alive(&owner))
+    }
+
+    /// Gives `record` a new epoch owned by `node` and writes it. Call under the stripe.
+    fn acquire(
+        &self,
+        node: &NodeId,
+        key: &Key,
+        mut record: Record,
+    ) -> Result<Claim, CoordinatorError> {
+        // The generator never goes backwards, even after a crash; the max only guards a
+        // record written by a build with another id source.
+        record.epoch = self.next_id()?.max(record.epoch.saturating_add(1));
+        record.owner = Some(*node);
+        self.write(key.as_str(), &record)?;
+        Ok(Claim {
+            key: key.clone(),
+            epoch: Epoch(record.epoch),
+            trigger_seq: TriggerSeq(record.trigger_seq),
+        })
+    }
+
+    fn require_alive(&self, node: &NodeId) -> Result<(), CoordinatorError> {
+        if self.nodes.is_alive(node) {
+            Ok(())
+        } else {
+            Err(CoordinatorError::LeaseExpired { node: *node })
+        }
+    }
+
+    fn decode_entry(&self, raw_key: &[u8], raw: &[u8]) -> Result<(Key, Record), CoordinatorError> {
+        let key = Key::from_utf8(&raw_key[1..]).map_err(CoordinatorError::InvalidStoredKey)?;
+        let record = Record::decode(raw)
+            .map_err(|e| corrupt(&self.label, format!("record of key {key:?}: {e}")))?;
+        Ok((key, record))
+    }
+
+    /// Every registered key with its record, in key order.
+    fn records(&self) -> impl Iterator<Item = Result<(Key, Record), CoordinatorError>> + '_ {
+        self.tree
+            .scan_prefix([schema::RECORD_PREFIX])
+            .map(move |item| {
+                let (k, v) = item.map_err(|e| self.err("scan", e))?;
+                self.decode_entry(&k, &v)
+            })
+    }
+}
+
+#[async_trait]
+impl Coordinator for SledCoordinator {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_state_bytes: self.core().config.max_state_bytes,
+        }
+    }
+
+    async fn join(
+        &self,
+        node: &NodeInfo,
+        ttl: Duration,
+        events: EventSink,
+    ) -> Result<Lease, CoordinatorError> {
+        self.core().nodes.join(node, ttl, events);
+        Ok(Lease { ttl })
+    }
+
+    async fn heartbeat(&self, node: &NodeId) -> Result<Lease, CoordinatorError> {
+        match self.core().nodes.heartbeat(node) {
+            Some(ttl) => Ok(Lease { ttl }),
+            None => Err(CoordinatorError::LeaseExpired { node: *node }),
+        }
+    }
+
+    async fn leave(&self, node: &NodeId) -> Result<(), CoordinatorError> {
+        let core = self.core();
+        // Removing the node is enough to release its keys: an owner missing from the node
+        // table is dead, so its records are claimable at once and its fenced writes fail.
+        // This keeps `leave` O(1) whatever the registry size.
+        if core.nodes.leave(node) {
+            let mut out = Outbox::default();
+            core.nodes.to_all(CoordinatorEvent::KeysAvailable, &mut out);
+            out.send();
+        }
+        Ok(())
+    }
+
+    async fn trigger(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError> {
+        let core = self.core();
+        let (outcome, live_owner) = {
+            let _stripe = core.stripe(key.as_str());
+            let existing = core.read(key.as_str())?;
+            let registered = existing.is_none();
+            let mut record = existing.unwrap_or(Record {
+                trigger_seq: 0,
+                epoch: 0,
+                owner: None,
+                parked: None,
+            });
+            // A global, crash-safe counter: the sequence never decreases for a key, also
+            // after it was retired and registered again.
+            record.trigger_seq = core.next_id()?.max(record.trigger_seq.saturating_add(1));
+            record.parked = None;
+            core.write(key.as_str(), &record)?;
+            let live_owner = record.owner.filter(|o| core.nodes.is_alive(o));
+            (
+                TriggerOutcome {
+                    seq: TriggerSeq(record.trigger_seq),
+                    registered,
+                    owner: live_owner,
+                },
+                live_owner,
+            )
+        };
+        core.commit().await?;
+        let mut out = Outbox::default();
+        match live_owner {
+            Some(owner) => core.nodes.to_node(
+                &owner,
+                CoordinatorEvent::Triggered {
+                    key: key.clone(),
+                    seq: outcome.seq,
+                },
+                &mut out,
+            ),
+            None => core.nodes.to_all(CoordinatorEvent::KeysAvailable, &mut out),
+        }
+        out.send();
+        Ok(outcome)
+    }
+
+    async fn claim(&self, node: &NodeId, max: usize) -> Result<Vec<Claim>, CoordinatorError> {
+        let core = self.core();
+        core.require_alive(node)?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let avoided = core.nodes.avoided(node);
+        let live = core.nodes.live();
+        let now = Instant::now();
+        let mut claims = Vec::new();
+        for entry in core.records() {
+            let (key, record) = entry?;
+            // Cheap filter on the scanned copy; re-checked under the key's stripe.
+            if record.parked.is_some() || record.owner.is_some_and(|o| live.contains(&o)) {
+                continue;
+            }
+            if avoided.get(&key).is_some_and(|until| *until > now) {
+                continue;
+            }
+            let _stripe = core.stripe(key.as_str());
+            let Some(record) = core.read(key.as_str())? else {
+                continue;
+            };
+            if !core.claimable(&record) {
+                continue;
+            }
+            if !core.nodes.is_alive(node) {
+                // Expired mid-scan: what it got so far is worthless, as its lease is gone.
+                return Err(CoordinatorError::LeaseExpired { node: *node });
+            }
+            claims.push(core.acquire(node, &key, record)?);
+            if claims.len() == max {
+                break;
+            }
+        }
+        if !claims.is_empty() {
+            core.commit().await?;
+        }
+        Ok(claims)
+    }
+
+    async fn claim_key(&self, node: &NodeId, key: &Key) -> Result<Option<Claim>, CoordinatorError> {
+        let core = self.core();
+        core.require_alive(node)?;
+        if core
+            .nodes
+            .avoided(node)
+            .get(key)
+            .is_some_and(|until| *until > Instant::now())
+        {
+            return Ok(None);
+        }
+        let claim = {
+            let _stripe = core.stripe(key.as_str());
+            let Some(record) = core.read(key.as_str())? else {
+                return Ok(None);
+            };
+            if record.owner == Some(*node) && record.parked.is_none() {
+                // Already ours (the lease was checked above): the existing claim.
+                return Ok(Some(Claim {
+                    key: key.clone(),
+                    epoch: Epoch(record.epoch),
+                    trigger_seq: TriggerSeq(record.trigger_seq),
+                }));
+            }
+            if !core.claimable(&record) {
+                return Ok(None);
+            }
+            core.acquire(node, key, record)?
+        };
+        core.commit().await?;
+        Ok(Some(claim))
+    }
+
+    async fn release(
+        &self,
+        node: &NodeId,
+        key: &Key,
+        epoch: Epoch,
+        how: Release,
+    ) -> Result<Released, CoordinatorError> {
+        let core = self.core();
+        let mut wake_others = false;
+        let released = {
+            let _stripe = core.stripe(key.as_str());
+            let mut record = core.fenced(node, key, epoch)?;
+            match how {
+                Release::Complete { observed_seq } => {
+                    if record.trigger_seq > observed_seq.0 {
+                        // Nothing written: the caller keeps the key at the same epoch.
+                        return Ok(Released::Retriggered {
+                            seq: TriggerSeq(record.trigger_seq),
+                        });
+                    }
+                    let mut batch = sled::Batch::default();
+                    batch.remove(schema::record_key(key.as_str()));
+                    batch.remove(schema::state_key(key.as_str()));
+                    core.tree
+                        .apply_batch(batch)
+                        .map_err(|e| core.err("retire", e))?;
+                    Released::Retired
+                }
+                Release::Continue { avoid_for } => {
+                    record.owner = None;
+                    core.write(key.as_str(), &record)?;
+                    if !avoid_for.is_zero() {
+                        core.nodes
+                            .avoid(node, key.clone(), Instant::now() + avoid_for);
+                    }
+                    wake_others = true;
+                    Released::Released
+                }
+                Release::Park { error } => {
+                    record.owner = None;
+                    record.parked = Some(error);
+                    core.write(key.as_str(), &record)?;
+                    Released::Released
+                }
+                // `Release` is non-exhaustive for callers; this build knows every variant.
+                #[allow(unreachable_patterns)]
+                other => {
+                    return Err(CoordinatorError::backend(
+                        format!("sled at {}", core.label),
+                        format!("unsupported release {other:?}"),
+                        None,
+                    ));
+                }
+            }
+        };
+        core.commit().await?;
+        if wake_others {
+            let mut out = Outbox::default();
+            core.nodes.to_all(CoordinatorEvent::KeysAvailable, &mut out);
+            out.send();
+        }
+        Ok(released)
+    }
+
+    async fn owned(&self, node: &NodeId) -> Result<Vec<Claim>, CoordinatorError> {
+        let core = self.core();
+        core.require_alive(node)?;
+        let mut claims = Vec::new();
+        for entry in core.records() {
+            let (key, record) = entry?;
+            if record.owner == Some(*node) {
+                claims.push(Claim {
+                    key,
+                    epoch: Epoch(record.epoch),
+                    trigger_seq: TriggerSeq(record.trigger_seq),
+                });
+            }
+        }
+        Ok(claims)
+    }
+
+    async fn load_state(&self, key: &Key) -> Result<Option<Bytes>, CoordinatorError> {
+        let core = self.core();
+        core.tree
+            .get(schema::state_key(key.as_str()))
+            .map(|v| v.map(|v| Bytes::copy_from_slice(&v)))
+            .map_err(|e| core.err("load_state", e))
+    }
+
+    async fn save_state(
+        &self,
+        node: &NodeId,
+        key: &Key,
+        epoch: Epoch,
+        state: Bytes,
+    ) -> Result<(), CoordinatorError> {
+        let core = self.core();
+        let max = core.config.max_state_bytes;
+        if state.len() > max {
+            return Err(CoordinatorError::StateTooLarge {
+                key: key.clone(),
+                size: state.len(),
+                max,
+            });
+        }
+        {
+            let _stripe = core.stripe(key.as_str());
+            core.fenced(node, key, epoch)?;
+            core.tree
+                .insert(schema::state_key(key.as_str()), state.as_ref())
+                .map_err(|e| core.err("save_state", e))?;
+        }
+        core.commit().await
+    }
+
+    async fn key_info(&self, key: &Key) -> Result<Option<KeyInfo>, CoordinatorError> {
+        let core = self.core();
+        Ok(core
+            .read(key.as_str())?
+            .map(|record| info(core, key.clone(), record)))
+    }
+
+    async fn inspect(&self) -> Result<ClusterSnapshot, CoordinatorError> {
+        let core = self.core();
+        let nodes = core.nodes.snapshot();
+        let keys = core
+            .records()
+            .map(|entry| entry.map(|(key, record)| info(core, key, record)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ClusterSnapshot { nodes, keys })
+    }
+}
+
+fn info(core: &Core, key: Key, record: Record) -> KeyInfo {
+    KeyInfo {
+        key,
+        owner: record.owner.filter(|o| core.nodes.is_alive(o)),
+        epoch: (record.epoch > 0).then_some(Epoch(record.epoch)),
+        trigger_seq: TriggerSeq(record.trigger_seq),
+        parked: record.parked,
+    }
+}

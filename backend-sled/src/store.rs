@@ -1,0 +1,294 @@
+//! Opening the database once per process, the format check, and flushing.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use keyloop_core::CoordinatorError;
+
+use crate::config::Location;
+use crate::error::backend_error;
+use crate::nodes::Nodes;
+use crate::schema::{self, FormatCheck};
+use crate::{Durability, SledConfig, SledCoordinator, SledError};
+
+/// Directories this process has open. sled's file lock would also refuse a second open,
+/// but with an error that looks like another process holds it; this names the mistake.
+static OPEN_PATHS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+/// Per-key locks (striped): every read-check-write of a key record happens under its
+/// stripe, so claims, triggers, releases and fenced saves of one key are serialized. sled
+/// transactions could do this too, but they may re-run closures and cannot scan; the
+/// database is exclusive to this process anyway.
+const STRIPES: usize = 256;
+
+/// A keyloop database on sled, open in this process.
+///
+/// Open it once per process and share it: cloning is cheap, and every
+/// [`coordinator`](SledStore::coordinator) made from it shares the database, the node
+/// table and the in-process event bus. Opening a directory that this process already has
+/// open fails with [`SledError::AlreadyOpen`]; a directory locked by another process fails
+/// with [`SledError::Locked`]. The directory is closed when the last clone (and every
+/// coordinator made from it) is dropped.
+#[derive(Clone)]
+pub struct SledStore {
+    pub(crate) inner: Arc<Handle>,
+}
+
+pub(crate) struct Handle {
+    core: Option<Core>,
+    /// The registered canonical path, removed from [`OPEN_PATHS`] once the db is closed.
+    registered: Option<PathBuf>,
+}
+
+pub(crate) struct Core {
+    pub(crate) db: sled::Db,
+    pub(crate) tree: sled::Tree,
+    pub(crate) config: SledConfig,
+    /// For messages: the directory, or `temporary`.
+    pub(crate) label: String,
+    pub(crate) nodes: Nodes,
+    stripes: Vec<Mutex<()>>,
+    recovered: bool,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Close the database before forgetting the path, so that a re-open in this process
+        // never races sled's file lock.
+        let mut open = lock_open_paths();
+        drop(self.core.take());
+        if let (Some(set), Some(path)) = (open.as_mut(), &self.registered) {
+            set.remove(path);
+        }
+    }
+}
+
+fn lock_open_paths() -> MutexGuard<'static, Option<HashSet<PathBuf>>> {
+    OPEN_PATHS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("location", &self.core().label)
+            .field("durability", &self.core().config.durability)
+            .finish()
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in directory `path` with default settings:
+    /// [`Durability::FlushEach`] and 1 MiB of state per key.
+    pub fn open(path: impl AsRef<Path>) -> Result<SledStore, SledError> {
+        SledStore::open_with(SledConfig::builder().path(path.as_ref()).build()?)
+    }
+
+    /// Opens a fresh database in a temporary directory that is deleted when the store
+    /// closes. Nothing survives the process: for tests, demos and quick starts.
+    pub fn temporary() -> Result<SledStore, SledError> {
+        SledStore::open_with(SledConfig::builder().temporary().build()?)
+    }
+
+    /// Opens the database described by `config`.
+    ///
+    /// Writes the format version into a new database; refuses (changing nothing) a
+    /// database with another version or one that keyloop did not create.
+    pub fn open_with(config: SledConfig) -> Result<SledStore, SledError> {
+        let mut sled_config = sled::Config::new();
+        sled_config = match config.durability {
+            Durability::FlushEach => sled_config,
+            Durability::Batched { interval } => {
+                let ms = u64::try_from(interval.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                sled_config.flush_every_ms(Some(ms))
+            }
+        };
+        if let Some(bytes) = config.cache_capacity_bytes {
+            sled_config = sled_config.cache_capacity(bytes);
+        }
+        match &config.location {
+            Location::Temporary => {
+                let (db, label) = (
+                    sled_config
+                        .temporary(true)
+                        .open()
+                        .map_err(|source| SledError::Sled {
+                            path: PathBuf::from("<temporary>"),
+                            source,
+                        })?,
+                    "temporary".to_string(),
+                );
+                Self::finish(db, config, label, None)
+            }
+            Location::Path(path) => {
+                std::fs::create_dir_all(path).map_err(|source| SledError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let canonical = path.canonicalize().map_err(|source| SledError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let mut open = lock_open_paths();
+                let set = open.get_or_insert_with(HashSet::new);
+                if set.contains(&canonical) {
+                    return Err(SledError::AlreadyOpen { path: canonical });
+                }
+                let db = sled_config
+                    .path(&canonical)
+                    .open()
+                    .map_err(|source| open_error(&canonical, source))?;
+                let label = canonical.display().to_string();
+                let store = Self::finish(db, config, label, Some(canonical.clone()))?;
+                set.insert(canonical);
+                Ok(store)
+            }
+        }
+    }
+
+    fn finish(
+        db: sled::Db,
+        config: SledConfig,
+        label: String,
+        registered: Option<PathBuf>,
+    ) -> Result<SledStore, SledError> {
+        let path = PathBuf::from(&label);
+        let sled_err = |source| SledError::Sled {
+            path: path.clone(),
+            source,
+        };
+        match schema::check_format(&db).map_err(sled_err)? {
+            FormatCheck::Current => {}
+            FormatCheck::Fresh => {
+                db.insert(schema::VERSION_KEY, &schema::FORMAT_VERSION.to_be_bytes())
+                    .map_err(sled_err)?;
+                db.flush().map_err(sled_err)?;
+            }
+            FormatCheck::Other(found) => {
+                return Err(SledError::IncompatibleVersion {
+                    path,
+                    found,
+                    supported: schema::FORMAT_VERSION,
+                });
+            }
+            FormatCheck::Foreign(detail) => return Err(SledError::NotKeyloop { path, detail }),
+        }
+        let tree = db.open_tree(schema::REGISTRY_TREE).map_err(sled_err)?;
+        let recovered = db.was_recovered();
+        let core = Core {
+            db,
+            tree,
+            config,
+            label,
+            nodes: Nodes::default(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            recovered,
+        };
+        // `registered` is recorded by the caller only once this returns, so a failed open
+        // does not leave the path marked as open.
+        Ok(SledStore {
+            inner: Arc::new(Handle {
+                core: Some(core),
+                registered,
+            }),
+        })
+    }
+
+    pub(crate) fn core(&self) -> &Core {
+        self.inner
+            .core
+            .as_ref()
+            .expect("present until the handle drops")
+    }
+
+    /// A coordinator for one node (or several) on this store. All coordinators of a store
+    /// share its database, node table and event bus, so engines built from them in one
+    /// process form one cluster.
+    pub fn coordinator(&self) -> Arc<SledCoordinator> {
+        Arc::new(SledCoordinator::new(self.clone()))
+    }
+
+    /// The database directory (canonical), or `None` for a temporary database.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.registered.as_deref()
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &SledConfig {
+        &self.core().config
+    }
+
+    /// Whether the database existed before this open (as opposed to being created now).
+    pub fn was_recovered(&self) -> bool {
+        self.core().recovered
+    }
+
+    /// Flushes every write so far to disk, whatever the [`Durability`] mode. Useful with
+    /// [`Durability::Batched`] before a planned exit.
+    pub async fn flush(&self) -> Result<(), CoordinatorError> {
+        self.core().flush_now().await
+    }
+}
+
+fn open_error(path: &Path, source: sled::Error) -> SledError {
+    let locked =
+        matches!(&source, sled::Error::Io(e) if e.to_string().contains("could not acquire lock"));
+    if locked {
+        SledError::Locked {
+            path: path.to_path_buf(),
+            source,
+        }
+    } else {
+        SledError::Sled {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl Core {
+    pub(crate) fn stripe(&self, key: &str) -> MutexGuard<'_, ()> {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        self.stripes[(hash as usize) % STRIPES]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn err(&self, what: &str, e: sled::Error) -> CoordinatorError {
+        backend_error(&self.label, what, e)
+    }
+
+    /// A fresh id from sled's crash-safe generator, never 0.
+    pub(crate) fn next_id(&self) -> Result<u64, CoordinatorError> {
+        self.db
+            .generate_id()
+            .map(|id| id.saturating_add(1))
+            .map_err(|e| self.err("generate_id", e))
+    }
+
+    /// Makes acknowledged writes durable according to the durability mode.
+    pub(crate) async fn commit(&self) -> Result<(), CoordinatorError> {
+        match self.config.durability {
+            Durability::FlushEach => self.flush_now().await,
+            Durability::Batched { .. } => Ok(()),
+        }
+    }
+
+    async fn flush_now(&self) -> Result<(), CoordinatorError> {
+        let db = self.db.clone();
+        // fsync blocks; keep it off the async workers. A running blocking task also keeps
+        // tokio's paused clock from auto-advancing, so paused-time tests stay exact.
+        match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.err("flush", e)),
+            Err(join) => Err(CoordinatorError::backend(
+                format!("sled at {}", self.label),
+                "flush task failed",
+                Some(Box::new(join) as _),
+            )),
+        }
+    }
+}
