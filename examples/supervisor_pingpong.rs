@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use keyloop_supervisor::{BoxError, Service, ServiceContext, StatusChange, StopReason, Supervisor};
+use keyloop::supervisor::{
+    BoxError, Service, ServiceContext, StatusChange, StopReason, Supervisor,
+};
 use tokio::sync::{Mutex, mpsc};
 
 const ROUNDS: u32 = 5;

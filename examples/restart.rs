@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use keyloop_supervisor::{Backoff, BoxError, Service, StopReason, Supervisor};
+use keyloop::supervisor::{Backoff, BoxError, Service, StopReason, Supervisor};
 
 const FAILURES: u32 = 3;
 

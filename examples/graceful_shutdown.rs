@@ -11,7 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use keyloop_supervisor::{BoxError, CancellationToken, Lifecycle, LifecycleError, TaskKind};
+use keyloop::supervisor::{BoxError, CancellationToken, Lifecycle, LifecycleError, TaskKind};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
