@@ -555,7 +555,7 @@ async fn unreachable_server_names_host_and_port() {
 
 #[tokio::test]
 async fn wrong_credentials_are_a_typed_error_without_the_password() {
-    let Some(server) = common::postgres_server::shared_postgres_server().ok() else {
+    let Some(server) = shared_postgres_server().ok() else {
         // Only the local server is known to require passwords.
         return;
     };

@@ -1,9 +1,6 @@
 //! Shared helpers for the integration tests: a server, a fresh schema per test, event
 //! collection with timeouts.
-#![allow(dead_code, unreachable_pub)]
-
-#[path = "../../../conformance/src/postgres_server.rs"]
-pub mod postgres_server;
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::time::Duration;
 
@@ -11,7 +8,9 @@ use keyloop_core::{CoordinatorEvent, EventSink, NodeId, NodeInfo};
 use keyloop_postgres::{PostgresConfig, PostgresCoordinator};
 use tokio::sync::mpsc;
 
-pub use postgres_server::test_postgres_url;
+pub use keyloop_conformance::{
+    PostgresServer, dedicated_postgres_server, shared_postgres_server, test_postgres_url,
+};
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
