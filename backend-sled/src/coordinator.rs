@@ -36,14 +36,6 @@ impl SledCoordinator {
         &self.store
     }
 
-    /// Fault injection for tests: while `muted`, events for `node` are dropped as if a
-    /// notification channel had failed; unmuting sends the node a
-    /// [`Resync`](CoordinatorEvent::Resync) if anything was dropped. Returns whether the
-    /// node is known.
-    pub fn mute_events(&self, node: &NodeId, muted: bool) -> bool {
-        self.core().nodes.set_muted(node, muted)
-    }
-
     fn core(&self) -> &Core {
         self.store.core()
     }

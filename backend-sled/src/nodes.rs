@@ -15,9 +15,6 @@ struct Entry {
     ttl: Duration,
     /// Keys this node released with `Continue { avoid_for }`, and until when it is passed over.
     avoid: HashMap<Key, Instant>,
-    /// Test hook: events for this node are dropped (and a `Resync` owed) while set.
-    muted: bool,
-    resync_owed: bool,
 }
 
 /// Live membership, measured with tokio's clock so paused-time tests drive expiry.
@@ -50,8 +47,6 @@ impl Nodes {
             expires: Instant::now() + ttl,
             ttl,
             avoid: HashMap::new(),
-            muted: false,
-            resync_owed: false,
         };
         self.map.lock().unwrap().insert(node.id, entry);
     }
@@ -118,48 +113,19 @@ impl Nodes {
     /// Queues `event` for `node` if it is alive.
     pub(crate) fn to_node(&self, node: &NodeId, event: CoordinatorEvent, out: &mut Outbox) {
         let now = Instant::now();
-        let mut map = self.map.lock().unwrap();
-        if let Some(entry) = map.get_mut(node).filter(|e| e.expires > now) {
-            Self::queue(entry, event, out);
+        let map = self.map.lock().unwrap();
+        if let Some(entry) = map.get(node).filter(|e| e.expires > now) {
+            out.0.push((entry.sink.clone(), event));
         }
     }
 
     /// Queues `event` for every live node.
     pub(crate) fn to_all(&self, event: CoordinatorEvent, out: &mut Outbox) {
         let now = Instant::now();
-        let mut map = self.map.lock().unwrap();
-        for entry in map.values_mut().filter(|e| e.expires > now) {
-            Self::queue(entry, event.clone(), out);
+        let map = self.map.lock().unwrap();
+        for entry in map.values().filter(|e| e.expires > now) {
+            out.0.push((entry.sink.clone(), event.clone()));
         }
-    }
-
-    fn queue(entry: &mut Entry, event: CoordinatorEvent, out: &mut Outbox) {
-        if entry.muted {
-            entry.resync_owed = true;
-        } else {
-            out.0.push((entry.sink.clone(), event));
-        }
-    }
-
-    /// Drops (`true`) or resumes delivering (`false`) `node`'s events. Resuming after a
-    /// drop sends `Resync`, as a backend does after any gap. Whether the node is known.
-    pub(crate) fn set_muted(&self, node: &NodeId, muted: bool) -> bool {
-        let mut out = Outbox::default();
-        let known = {
-            let mut map = self.map.lock().unwrap();
-            match map.get_mut(node) {
-                Some(entry) => {
-                    entry.muted = muted;
-                    if !muted && std::mem::take(&mut entry.resync_owed) {
-                        out.0.push((entry.sink.clone(), CoordinatorEvent::Resync));
-                    }
-                    true
-                }
-                None => false,
-            }
-        };
-        out.send();
-        known
     }
 
     pub(crate) fn snapshot(&self) -> Vec<NodeSnapshot> {
@@ -240,22 +206,6 @@ mod tests {
         let snap = nodes.snapshot();
         assert_eq!(snap.len(), 2);
         assert_eq!(snap.iter().filter(|n| n.alive).count(), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn muted_node_gets_resync_when_unmuted() {
-        let nodes = Nodes::default();
-        let a = info("a");
-        let (sink, seen) = recording();
-        nodes.join(&a, Duration::from_secs(10), sink);
-        assert!(nodes.set_muted(&a.id, true));
-        let mut out = Outbox::default();
-        nodes.to_node(&a.id, CoordinatorEvent::KeysAvailable, &mut out);
-        out.send();
-        assert!(seen.lock().unwrap().is_empty());
-        assert!(nodes.set_muted(&a.id, false));
-        assert_eq!(*seen.lock().unwrap(), vec![CoordinatorEvent::Resync]);
-        assert!(!nodes.set_muted(&NodeId::random(), true));
     }
 
     #[tokio::test(start_paused = true)]
