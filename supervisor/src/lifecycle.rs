@@ -176,11 +176,13 @@ impl Lifecycle {
         E: Into<BoxError>,
     {
         let token = self.inner.stop.child_token();
-        // Registering and recording the abort handle under one lock means shutdown can never
-        // see the entry without its handle, and so never fails to abort it.
-        let mut state = self.inner.lock();
-        let mut ticket = self.register(&mut state, name, kind)?;
+        let mut ticket = {
+            let mut state = self.inner.lock();
+            self.register(&mut state, name, kind)?
+        };
         let id = ticket.id;
+        // Spawned without the lock held: a runtime that is shutting down drops the future (and
+        // with it the ticket, which takes the lock) inside `spawn`.
         let handle = tokio::spawn(async move {
             let result = AssertUnwindSafe(async move { task(token).await })
                 .catch_unwind()
@@ -195,7 +197,12 @@ impl Lifecycle {
                 }
                 Ok(Err(e)) => {
                     let e = ServiceError::new(e);
-                    tracing::warn!(name = %ticket.name, kind = %kind, error = %e, "failed");
+                    match kind {
+                        TaskKind::Service => {
+                            tracing::error!(service = %ticket.name, error = %e, "service failed")
+                        }
+                        _ => tracing::warn!(session = %ticket.name, error = %e, "session failed"),
+                    }
                     Outcome::Failed(e)
                 }
                 Err(payload) => {
@@ -207,8 +214,17 @@ impl Lifecycle {
             // Deregisters, recording the outcome.
             drop(ticket);
         });
-        if let Some(entry) = state.open.get_mut(&id) {
-            entry.abort = Some(handle.abort_handle());
+        let registered = match self.inner.lock().open.get_mut(&id) {
+            Some(entry) => {
+                entry.abort = Some(handle.abort_handle());
+                true
+            }
+            None => false,
+        };
+        if !registered {
+            // Already ended, or abandoned by a shutdown that ran out of grace in between; in
+            // the second case it is this call's job to abort it.
+            handle.abort();
         }
         Ok(())
     }

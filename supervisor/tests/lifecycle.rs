@@ -379,3 +379,26 @@ async fn stress_sessions_racing_with_shutdown() {
         assert_eq!(lc.active_sessions(), 0);
     }
 }
+
+/// A runtime that has shut down drops spawned futures inside `spawn`; that must not deadlock
+/// on the lifecycle's own lock, and the session must be deregistered.
+#[test]
+fn spawning_on_a_shut_down_runtime_does_not_deadlock() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        rt.shutdown_background();
+        let _enter = handle.enter();
+        let lc = Lifecycle::new();
+        let result = lc.spawn_session("late", wait_for_stop);
+        tx.send((result.is_ok(), lc.active_sessions())).unwrap();
+    });
+    let (ok, active) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("spawn_session deadlocked");
+    assert!(ok);
+    assert_eq!(active, 0);
+}
