@@ -112,4 +112,27 @@ mod tests {
         let mut w = RestartWindow::new(None);
         assert!((0..10_000).all(|_| w.admit(t0)));
     }
+
+    proptest::proptest! {
+        /// The sliding window agrees with counting, for every restart, the restarts less than
+        /// `within` before it (itself included).
+        #[test]
+        fn window_matches_a_naive_count(
+            max in 0u32..5,
+            within_ms in 1u64..1000,
+            gaps in proptest::collection::vec(0u64..600, 1..60),
+        ) {
+            let t0 = Instant::now();
+            let within = Duration::from_millis(within_ms);
+            let mut w = RestartWindow::new(Some(Intensity::new(max, within)));
+            let mut times = Vec::new();
+            let mut t = t0;
+            for gap in gaps {
+                t += Duration::from_millis(gap);
+                times.push(t);
+                let count = times.iter().filter(|&&x| t.duration_since(x) < within).count();
+                proptest::prop_assert_eq!(w.admit(t), count <= max as usize);
+            }
+        }
+    }
 }
