@@ -8,7 +8,9 @@ use keyloop_core::{
     Backoff, Client, Coordinator, Engine, EngineConfig, EngineConfigBuilder, Key, KeyInfo,
 };
 
-use crate::{Faults, FaultyCoordinator, Harness, Namespace, Recorder, Script, ScriptedController};
+use crate::{
+    DirectNode, Faults, FaultyCoordinator, Harness, Namespace, Recorder, Script, ScriptedController,
+};
 
 /// One engine of a case, with the fault controls of its coordinator.
 #[derive(Clone)]
@@ -122,6 +124,30 @@ impl Case {
         };
         self.nodes.push(node.clone());
         node
+    }
+
+    /// Joins a [`DirectNode`] on a fresh coordinator, renewing its lease every `ttl/5`.
+    pub async fn direct(&self, name: &str) -> DirectNode {
+        let node = DirectNode::join(self.coordinator().await, name, self.ttl).await;
+        node.keep_alive(self.ttl / 5);
+        node
+    }
+
+    /// Joins a [`DirectNode`] that never renews its lease.
+    pub async fn direct_without_heartbeats(&self, name: &str) -> DirectNode {
+        DirectNode::join(self.coordinator().await, name, self.ttl).await
+    }
+
+    /// Kills every node and lets go of them, so that nothing of theirs holds the backend
+    /// (before [`Namespace::restart_backend`]).
+    pub async fn drop_nodes(&mut self) {
+        for node in self.nodes.drain(..) {
+            node.engine.kill();
+        }
+        // Aborted tasks drop their futures (and coordinator handles) when next polled.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// A fresh coordinator of the namespace (as another process would have).

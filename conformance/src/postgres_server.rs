@@ -256,17 +256,24 @@ impl PostgresServer {
             args.push("-c".into());
             args.push(format!("{k}={v}"));
         }
-        // The watcher: runs postgres in the background, then blocks reading our pipe. EOF
-        // (we exited or dropped the server) means stop and clean up; "keep" means stop only.
+        // The watcher: runs postgres and exits when it exits. A reader of our pipe stops it:
+        // EOF (we exited or dropped the server) means stop and remove the directory; a
+        // "keep" line means stop only. Asynchronous lists get /dev/null as stdin unless
+        // redirected, hence fd 3.
         let script = r#"
 dir="$1"; log="$2"; shift 2
+exec 3<&0
 "$@" >>"$log" 2>&1 </dev/null &
 pid=$!
-keep=0
-if read cmd && [ "$cmd" = keep ]; then keep=1; fi
-kill -INT "$pid" 2>/dev/null
+(
+  if read cmd && [ "$cmd" = keep ]; then :; else : >"$dir/.eof"; fi
+  kill -INT "$pid" 2>/dev/null
+) <&3 &
+exec 3<&-
 wait "$pid"
-if [ "$keep" = 0 ]; then rm -rf "$dir"; fi
+status=$?
+if [ -e "$dir/.eof" ]; then rm -rf "$dir"; fi
+exit $status
 "#;
         let mut cmd = self.command("sh");
         cmd.arg("-c")
@@ -304,8 +311,8 @@ if [ "$keep" = 0 ]; then rm -rf "$dir"; fi
                     None => true,
                 }
             };
-            let log_text = std::fs::read_to_string(log).unwrap_or_default();
-            if exited || log_text.contains("FATAL") || Instant::now() > deadline {
+            if exited || Instant::now() > deadline {
+                let log_text = std::fs::read_to_string(log).unwrap_or_default();
                 let tail: Vec<&str> = log_text.lines().rev().take(20).collect();
                 let log_tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
                 let _ = self.stop();

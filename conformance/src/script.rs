@@ -72,8 +72,9 @@ pub enum Step {
     HoldShutdown(Gate),
     /// Load an 8-byte counter, save it plus one, then behave like `UntilShutdown`.
     CountState,
-    /// Save these bytes, load them back (recorded), then behave like `UntilShutdown`.
-    SaveAndLoad(Vec<u8>),
+    /// Try to save these bytes (recording `StateSaved` or `SaveFailed`), load the state
+    /// back (recorded), then behave like `UntilShutdown`.
+    TrySave(Vec<u8>),
 }
 
 /// The error scripted failures return.
@@ -258,8 +259,8 @@ impl Run<'_> {
                     self.observe(ctx, None).await;
                     Ok(Decision::Continue)
                 }
-                Step::SaveAndLoad(bytes) => {
-                    self.save(ctx, bytes.clone()).await?;
+                Step::TrySave(bytes) => {
+                    let _ = self.save(ctx, bytes.clone()).await;
                     let loaded = ctx.state().load().await?;
                     self.note(Happening::StateLoaded(loaded.map(|b| b.to_vec())));
                     self.observe(ctx, None).await;
