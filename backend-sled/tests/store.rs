@@ -1,0 +1,163 @@
+//! Opening, locking, closing and versioning of the database directory.
+
+use keyloop_core::{Coordinator, Key};
+use keyloop_sled::{FORMAT_VERSION, SledConfig, SledConfigError, SledError, SledStore};
+
+#[test]
+fn second_open_in_process_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let first = SledStore::open(&path).unwrap();
+    let err = SledStore::open(&path).unwrap_err();
+    let canonical = path.canonicalize().unwrap();
+    match &err {
+        SledError::AlreadyOpen { path } => assert_eq!(path, &canonical),
+        other => panic!("expected AlreadyOpen, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&canonical.display().to_string()));
+    // Another spelling of the same directory is the same directory.
+    let dotted = dir.path().join(".").join("db");
+    assert!(matches!(
+        SledStore::open(dotted),
+        Err(SledError::AlreadyOpen { .. })
+    ));
+    assert_eq!(first.path(), Some(canonical.as_path()));
+}
+
+#[test]
+fn closing_every_handle_allows_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = SledStore::open(&path).unwrap();
+    let coordinator = store.coordinator();
+    let clone = store.clone();
+    drop(store);
+    drop(clone);
+    assert!(matches!(
+        SledStore::open(&path),
+        Err(SledError::AlreadyOpen { .. })
+    ));
+    drop(coordinator);
+    SledStore::open(&path).unwrap();
+}
+
+#[test]
+fn directory_locked_elsewhere_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    drop(SledStore::open(&path).unwrap());
+    // A raw sled handle takes the same file lock another process would.
+    let raw = sled::open(&path).unwrap();
+    let err = SledStore::open(&path).unwrap_err();
+    match &err {
+        SledError::Locked { path: p, .. } => assert_eq!(p, &path.canonicalize().unwrap()),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    assert!(err.to_string().contains("locked by another process"));
+    drop(raw);
+    SledStore::open(&path).unwrap();
+}
+
+#[test]
+fn newer_format_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let raw = sled::open(&path).unwrap();
+        raw.insert(b"keyloop.format", &(FORMAT_VERSION + 1).to_be_bytes())
+            .unwrap();
+        raw.flush().unwrap();
+    }
+    let err = SledStore::open(&path).unwrap_err();
+    match &err {
+        SledError::IncompatibleVersion {
+            found, supported, ..
+        } => assert_eq!((*found, *supported), (FORMAT_VERSION + 1, FORMAT_VERSION)),
+        other => panic!("expected IncompatibleVersion, got {other:?}"),
+    }
+    assert!(err.to_string().contains("format version"));
+    let raw = sled::open(&path).unwrap();
+    assert_eq!(
+        raw.get(b"keyloop.format").unwrap().unwrap().as_ref(),
+        (FORMAT_VERSION + 1).to_be_bytes()
+    );
+    assert_eq!(raw.tree_names().len(), 1, "no keyloop tree was created");
+}
+
+#[test]
+fn foreign_sled_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let raw = sled::open(&path).unwrap();
+        raw.insert(b"someone", b"else").unwrap();
+        raw.flush().unwrap();
+    }
+    let err = SledStore::open(&path).unwrap_err();
+    assert!(
+        matches!(err, SledError::NotKeyloop { .. }),
+        "expected NotKeyloop, got {err:?}"
+    );
+    assert!(err.to_string().contains("not a keyloop database"));
+}
+
+#[test]
+fn a_file_where_the_directory_should_be_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    std::fs::write(&path, b"x").unwrap();
+    let err = SledStore::open(&path).unwrap_err();
+    assert!(matches!(err, SledError::Io { .. }), "got {err:?}");
+    assert!(err.to_string().contains(&path.display().to_string()));
+}
+
+#[test]
+fn bad_config_is_reported_by_open() {
+    assert!(matches!(
+        SledStore::open(""),
+        Err(SledError::Config(SledConfigError::EmptyPath))
+    ));
+}
+
+#[tokio::test]
+async fn temporary_store_works_and_has_no_path() {
+    let store = SledStore::temporary().unwrap();
+    assert_eq!(store.path(), None);
+    let c = store.coordinator();
+    c.trigger(&Key::new("k").unwrap()).await.unwrap();
+    assert_eq!(c.inspect().await.unwrap().keys.len(), 1);
+    // Two temporary stores are independent.
+    let other = SledStore::temporary().unwrap();
+    assert!(other.coordinator().inspect().await.unwrap().keys.is_empty());
+}
+
+#[tokio::test]
+async fn batched_durability_flushes_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let config = SledConfig::builder()
+        .path(&path)
+        .durability(keyloop_sled::Durability::Batched {
+            interval: std::time::Duration::from_secs(3600),
+        })
+        .build()
+        .unwrap();
+    {
+        let store = SledStore::open_with(config).unwrap();
+        store
+            .coordinator()
+            .trigger(&Key::new("k").unwrap())
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let store = SledStore::open(&path).unwrap();
+    assert!(
+        store
+            .coordinator()
+            .key_info(&Key::new("k").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
