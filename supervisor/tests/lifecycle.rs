@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keyloop_supervisor::{Lifecycle, LifecycleError, Outcome, Stopped, TaskKind};
+use keyloop_supervisor::{BoxError, Lifecycle, LifecycleError, Outcome, Stopped, TaskKind};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
@@ -401,4 +401,41 @@ fn spawning_on_a_shut_down_runtime_does_not_deadlock() {
         .expect("spawn_session deadlocked");
     assert!(ok);
     assert_eq!(active, 0);
+}
+
+/// A supervisor runs as a lifecycle service: the lifecycle's stop token stops it, and an
+/// escalation surfaces as the service's failure.
+#[tokio::test(start_paused = true)]
+async fn a_supervisor_runs_as_a_lifecycle_service() {
+    use keyloop_supervisor::{Service, ServiceContext, StopReason, Supervisor};
+
+    let lc = Lifecycle::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let builder =
+        Supervisor::builder().service(Service::permanent("worker", move |ctx: ServiceContext| {
+            let tx = tx.clone();
+            async move {
+                tx.send(ctx.restarts()).unwrap();
+                if ctx.restarts() < 2 {
+                    return Err("warming up");
+                }
+                ctx.stopped().await;
+                Ok(())
+            }
+        }));
+    lc.service("supervisor", move |stop: CancellationToken| async move {
+        let report = builder.stop_token(stop).build()?.run().await;
+        match report.reason {
+            StopReason::ShutdownRequested | StopReason::AllDone => Ok::<(), BoxError>(()),
+            other => Err(format!("supervisor gave up: {other:?}").into()),
+        }
+    })
+    .unwrap();
+    // The worker's third start (two restarts) means the supervisor is running it steadily.
+    for expected in 0..3 {
+        assert_eq!(timeout(WAIT, rx.recv()).await.unwrap(), Some(expected));
+    }
+    let report = lc.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.stopped_names(TaskKind::Service), vec!["supervisor"]);
 }
