@@ -31,7 +31,8 @@ use crate::{
 /// Shutdown is requested from anywhere with [`Lifecycle::request_shutdown`], or by SIGINT or
 /// SIGTERM after [`Lifecycle::shutdown_on_signals`]; the program's main task usually waits for
 /// the request with [`Lifecycle::shutdown_when_requested`]. `Lifecycle` is a cheap handle:
-/// clones share the same state.
+/// clones share the same state. Dropping every handle without shutting down leaves spawned
+/// services and sessions running on the runtime.
 #[derive(Debug, Clone, Default)]
 pub struct Lifecycle {
     inner: Arc<Inner>,

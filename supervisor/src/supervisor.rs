@@ -100,7 +100,8 @@ impl Supervisor {
 
     /// Runs the supervisor in the current task until it stops. It stops by itself when all
     /// services are done or the intensity is exceeded, or when the stop token given to
-    /// [`SupervisorBuilder::stop_token`] is cancelled.
+    /// [`SupervisorBuilder::stop_token`] is cancelled. Dropping the returned future aborts every
+    /// service at its next await, without a report.
     pub async fn run(self) -> SupervisorReport {
         let (runner, _status) = Runner::new(self);
         runner.run().await

@@ -1,7 +1,6 @@
 //! Lifecycle behaviour: services and sessions, grace deadline, abandonment, report, errors.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,14 +104,17 @@ async fn sessions_past_the_deadline_are_abandoned_logged_and_reported() {
     // A guard nobody drops in time.
     let stuck = lc.session("stuck-guard").unwrap();
     // A spawned session that ignores its stop signal; abandonment aborts it.
-    let dropped = Arc::new(AtomicBool::new(false));
-    struct SetOnDrop(Arc<AtomicBool>);
-    impl Drop for SetOnDrop {
+    let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+    /// Reports its drop, i.e. the abort of the future holding it.
+    struct SignalOnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+    impl Drop for SignalOnDrop {
         fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
         }
     }
-    let flag = SetOnDrop(dropped.clone());
+    let flag = SignalOnDrop(Some(dropped_tx));
     lc.spawn_session("stuck-task", move |_stop| async move {
         let _flag = flag;
         std::future::pending::<()>().await;
@@ -146,13 +148,10 @@ async fn sessions_past_the_deadline_are_abandoned_logged_and_reported() {
     assert_eq!(report.grace, Duration::from_secs(3));
 
     // The aborted task's future is dropped.
-    timeout(WAIT, async {
-        while !dropped.load(Ordering::SeqCst) {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the abandoned spawned session was not aborted");
+    timeout(WAIT, dropped_rx)
+        .await
+        .expect("the abandoned spawned session was not aborted")
+        .unwrap();
 
     let lines = logs.lines();
     for name in ["stuck-guard", "stuck-task", "stuck-service"] {

@@ -788,3 +788,34 @@ async fn stress_many_services_restarting_concurrently() {
         assert_eq!(seq, expected, "{name}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_running_supervisor_aborts_its_services() {
+    /// Reports its drop, i.e. the abort of the future holding it.
+    struct SignalOnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+    impl Drop for SignalOnDrop {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let sup = Supervisor::builder()
+        .service(Service::permanent("forever", move |_ctx| {
+            let guard = SignalOnDrop(tx.lock().unwrap().take());
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok::<(), std::io::Error>(())
+            }
+        }))
+        .build()
+        .unwrap();
+    assert!(timeout(Duration::from_secs(1), sup.run()).await.is_err());
+    timeout(WAIT, rx)
+        .await
+        .expect("the service was not aborted")
+        .unwrap();
+}
