@@ -162,6 +162,11 @@ impl PostgresConfigBuilder {
         // Notice a dead peer on idle connections (the listener is idle most of the time).
         pg.keepalives(true);
         pg.keepalives_idle(Duration::from_secs(10));
+        #[cfg(feature = "tls")]
+        if self.tls == TlsMode::Require {
+            // Without this tokio-postgres "prefers" TLS and silently falls back to plain TCP.
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         if pg.get_application_name().is_none() {
             pg.application_name("keyloop");
         }

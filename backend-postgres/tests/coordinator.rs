@@ -705,3 +705,21 @@ async fn killed_listener_reconnects_resyncs_and_keeps_delivering() {
     };
     ev.wait_for("trigger after reconnect", |e| *e == want).await;
 }
+
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn required_tls_is_not_silently_dropped() {
+    let Some(server) = shared_postgres_server().ok() else {
+        return;
+    };
+    // The test server has no certificate: requiring TLS must fail, not fall back.
+    let config = PostgresConfig::builder(server.url())
+        .tls(keyloop_postgres::TlsMode::Require)
+        .build()
+        .unwrap();
+    let err = PostgresCoordinator::connect(config).await.unwrap_err();
+    assert!(
+        err.to_string().contains(&server.port().to_string()),
+        "{err}"
+    );
+}
