@@ -1,0 +1,935 @@
+//! [`ConsulCoordinator`]: the `Coordinator` on Consul sessions, KV locks and transactions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use keyloop_core::{
+    Claim, ClusterSnapshot, Coordinator, CoordinatorError, CoordinatorEvent, Epoch, EventSink, Key,
+    KeyInfo, Lease, Limits, NodeId, NodeInfo, NodeSnapshot, Release, Released, TriggerOutcome,
+    TriggerSeq,
+};
+use rand::seq::SliceRandom;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::client::{
+    Behavior, ConsulClient, KvEntry, PutOptions, ReadOptions, SessionSpec, TXN_MAX_OPS, TxnFailure,
+    TxnOp, TxnOutcome,
+};
+use crate::config::ConsulConfig;
+use crate::error::BACKEND;
+use crate::layout::{Layout, Part};
+use crate::watch;
+
+/// Keys claimed per transaction (four operations each, within [`TXN_MAX_OPS`]).
+const CLAIM_BATCH: usize = TXN_MAX_OPS / 4;
+/// How often one claim batch is retried after losing some of its keys to other claimers.
+const CLAIM_ATTEMPTS: usize = 4;
+/// The candidate list is re-read at most this often while it still has keys…
+const RELIST_BUSY: Duration = Duration::from_millis(250);
+/// …and at most this often once it is empty.
+const RELIST_EMPTY: Duration = Duration::from_millis(20);
+/// The candidate list is never older than this.
+const RELIST_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// A key this node owns, as this process remembers it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Owned {
+    pub(crate) epoch: u64,
+    /// The newest trigger sequence reported for it (claim or event).
+    pub(crate) seen: u64,
+}
+
+/// What one node's calls and its watch share.
+#[derive(Default)]
+pub(crate) struct Local {
+    pub(crate) owned: HashMap<Key, Owned>,
+    pub(crate) avoid: HashMap<Key, Instant>,
+    /// The trigger markers the watch saw last, by key.
+    pub(crate) pend: HashMap<Key, u64>,
+    /// Set by the watch when keys became available since the candidates were listed.
+    pub(crate) stale: bool,
+    candidates: Vec<Key>,
+    listed_at: Option<Instant>,
+}
+
+pub(crate) struct NodeState {
+    pub(crate) id: NodeId,
+    pub(crate) session: String,
+    pub(crate) ttl: Duration,
+    pub(crate) events: EventSink,
+    pub(crate) local: Mutex<Local>,
+    watch: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl NodeState {
+    fn stop_watch(&self) {
+        if let Some(w) = self.watch.lock().unwrap().take() {
+            w.abort();
+        }
+    }
+}
+
+/// The Consul coordinator. One per node is typical (each engine its own), but one
+/// coordinator may serve several nodes.
+///
+/// ```
+/// use keyloop_consul::{ConsulConfig, ConsulCoordinator};
+///
+/// let config = ConsulConfig::builder("127.0.0.1:8500").prefix("myapp/keyloop").build().unwrap();
+/// let coordinator = ConsulCoordinator::new(config);
+/// assert_eq!(coordinator.config().prefix(), "myapp/keyloop");
+/// ```
+pub struct ConsulCoordinator {
+    config: Arc<ConsulConfig>,
+    layout: Arc<Layout>,
+    nodes: Mutex<HashMap<NodeId, Arc<NodeState>>>,
+}
+
+impl std::fmt::Debug for ConsulCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulCoordinator")
+            .field("address", &self.config.address)
+            .field("prefix", &self.config.prefix)
+            .finish()
+    }
+}
+
+impl Drop for ConsulCoordinator {
+    fn drop(&mut self) {
+        for node in self.nodes.lock().unwrap().values() {
+            node.stop_watch();
+        }
+    }
+}
+
+fn own_value(node: &NodeId) -> Bytes {
+    Bytes::from(node.to_string())
+}
+
+/// The value an ownership entry keeps after a release: owner and epoch, for `inspect`.
+fn released_value(node: &NodeId, epoch: u64) -> Bytes {
+    Bytes::from(format!("{node} {epoch}"))
+}
+
+fn owner_of(own: &KvEntry) -> Option<NodeId> {
+    own.session.as_ref()?;
+    let text = std::str::from_utf8(&own.value).ok()?;
+    NodeId::parse(text.split(' ').next()?)
+}
+
+/// The epoch of the latest acquisition: exact while held or after an explicit release; an
+/// upper bound (the invalidation's index) after an owner's session ended.
+fn epoch_of(own: &KvEntry) -> Option<Epoch> {
+    if own.modify_index == 0 {
+        return None;
+    }
+    if own.session.is_none() {
+        if let Some(e) = std::str::from_utf8(&own.value)
+            .ok()
+            .and_then(|t| t.split(' ').nth(1))
+            .and_then(|e| e.parse().ok())
+        {
+            return Some(Epoch(e));
+        }
+    }
+    Some(Epoch(own.modify_index))
+}
+
+fn invalid_session(failures: &[TxnFailure]) -> bool {
+    failures.iter().any(|f| f.what.contains("invalid session"))
+}
+
+/// One key's entries under `P/k/`.
+#[derive(Default)]
+struct KeyEntries {
+    reg: Option<KvEntry>,
+    own: Option<KvEntry>,
+    park: Option<KvEntry>,
+}
+
+impl ConsulCoordinator {
+    /// A coordinator with `config`. Nothing is contacted until a node joins.
+    pub fn new(config: ConsulConfig) -> ConsulCoordinator {
+        let layout = Arc::new(Layout::new(&config.prefix));
+        ConsulCoordinator {
+            config: Arc::new(config),
+            layout,
+            nodes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &ConsulConfig {
+        &self.config
+    }
+
+    /// The typed HTTP client it uses.
+    pub fn client(&self) -> &ConsulClient {
+        &self.config.client
+    }
+
+    /// The Consul session of a node that joined through this coordinator.
+    pub fn session_of(&self, node: &NodeId) -> Option<String> {
+        self.nodes
+            .lock()
+            .unwrap()
+            .get(node)
+            .map(|n| n.session.clone())
+    }
+
+    fn client_ref(&self) -> &ConsulClient {
+        &self.config.client
+    }
+
+    fn node(&self, id: &NodeId) -> Result<Arc<NodeState>, CoordinatorError> {
+        self.nodes
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or(CoordinatorError::LeaseExpired { node: *id })
+    }
+
+    /// Drops a node whose session is gone.
+    fn forget(&self, id: &NodeId) {
+        if let Some(n) = self.nodes.lock().unwrap().remove(id) {
+            n.stop_watch();
+        }
+    }
+
+    fn lease_lost(&self, node: &NodeState) -> CoordinatorError {
+        self.forget(&node.id);
+        node.events
+            .send(CoordinatorEvent::OwnershipLost { key: None });
+        CoordinatorError::LeaseExpired { node: node.id }
+    }
+
+    fn fence_ops(&self, node: &NodeState, key: &Key, epoch: Epoch) -> [TxnOp; 2] {
+        let own = self.layout.own(key);
+        [
+            TxnOp::CheckSession {
+                key: own.clone(),
+                session: node.session.clone(),
+            },
+            TxnOp::CheckIndex {
+                key: own,
+                index: epoch.0,
+            },
+        ]
+    }
+
+    fn fenced(node: &NodeState, key: &Key, epoch: Epoch) -> CoordinatorError {
+        CoordinatorError::Fenced {
+            node: node.id,
+            key: key.clone(),
+            epoch,
+        }
+    }
+
+    async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome, CoordinatorError> {
+        Ok(self.client_ref().txn(ops).await?)
+    }
+
+    /// Reads every key's entries (linearizable: it decides what to claim).
+    async fn list_keys(&self) -> Result<BTreeMap<Key, KeyEntries>, CoordinatorError> {
+        let listed = self
+            .client_ref()
+            .kv_list(
+                &self.layout.keys_prefix(),
+                ReadOptions {
+                    consistent: true,
+                    ..ReadOptions::default()
+                },
+            )
+            .await?;
+        let mut keys: BTreeMap<Key, KeyEntries> = BTreeMap::new();
+        for entry in listed.value {
+            let Some(parsed) = self.layout.parse_key_entry(&entry.key) else {
+                continue;
+            };
+            let (key, part) = parsed.map_err(CoordinatorError::InvalidStoredKey)?;
+            let slot = keys.entry(key).or_default();
+            match part {
+                Part::Reg => slot.reg = Some(entry),
+                Part::Own => slot.own = Some(entry),
+                Part::Park => slot.park = Some(entry),
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Keys worth trying to claim, from a cached listing that is refreshed when it runs out,
+    /// when the watch saw keys become available, or when it gets old.
+    async fn candidates(&self, node: &NodeState, max: usize) -> Result<Vec<Key>, CoordinatorError> {
+        let relist = {
+            let local = node.local.lock().unwrap();
+            let age = local.listed_at.map(|t| t.elapsed());
+            match age {
+                None => true,
+                Some(age) if local.candidates.is_empty() => {
+                    (local.stale || age >= Duration::from_secs(1)) && age >= RELIST_EMPTY
+                }
+                Some(age) => (local.stale && age >= RELIST_BUSY) || age >= RELIST_MAX_AGE,
+            }
+        };
+        if relist {
+            let listed_at = Instant::now();
+            let keys = self.list_keys().await?;
+            let mut free: Vec<Key> = keys
+                .into_iter()
+                .filter(|(_, e)| {
+                    e.reg.is_some()
+                        && e.park.is_none()
+                        && e.own.as_ref().is_none_or(|o| o.session.is_none())
+                })
+                .map(|(k, _)| k)
+                .collect();
+            // Concurrent claimers start at different places, so they rarely collide.
+            free.shuffle(&mut rand::rng());
+            let mut local = node.local.lock().unwrap();
+            local.candidates = free;
+            local.listed_at = Some(listed_at);
+            local.stale = false;
+        }
+        let mut local = node.local.lock().unwrap();
+        let now = Instant::now();
+        local.avoid.retain(|_, until| *until > now);
+        let mut out = Vec::with_capacity(max);
+        let mut kept = Vec::new();
+        while let Some(key) = local.candidates.pop() {
+            if local.owned.contains_key(&key) {
+                continue;
+            }
+            if local.avoid.contains_key(&key) {
+                kept.push(key);
+                continue;
+            }
+            out.push(key);
+            if out.len() == max {
+                break;
+            }
+        }
+        local.candidates.extend(kept);
+        Ok(out)
+    }
+
+    fn claim_ops(&self, node: &NodeState, key: &Key) -> [TxnOp; 4] {
+        [
+            TxnOp::Lock {
+                key: self.layout.own(key),
+                value: own_value(&node.id),
+                session: node.session.clone(),
+            },
+            TxnOp::Get {
+                key: self.layout.reg(key),
+            },
+            TxnOp::CheckNotExists {
+                key: self.layout.park(key),
+            },
+            // The claim reports the sequence, so the marker is consumed with it.
+            TxnOp::Delete {
+                key: self.layout.pend(key),
+            },
+        ]
+    }
+
+    /// Records claims and reports triggers the watch saw in the meantime.
+    fn record_claims(&self, node: &NodeState, claims: &mut [Claim]) {
+        let mut local = node.local.lock().unwrap();
+        for c in claims.iter_mut() {
+            if let Some(&seen) = local.pend.get(&c.key) {
+                if seen > c.trigger_seq.0 {
+                    c.trigger_seq = TriggerSeq(seen);
+                }
+            }
+            local.owned.insert(
+                c.key.clone(),
+                Owned {
+                    epoch: c.epoch.0,
+                    seen: c.trigger_seq.0,
+                },
+            );
+        }
+    }
+
+    /// Claims `keys` in one transaction, dropping those another node got first.
+    async fn claim_batch(
+        &self,
+        node: &NodeState,
+        mut keys: Vec<Key>,
+    ) -> Result<Vec<Claim>, CoordinatorError> {
+        for _ in 0..CLAIM_ATTEMPTS {
+            if keys.is_empty() {
+                break;
+            }
+            let ops: Vec<TxnOp> = keys.iter().flat_map(|k| self.claim_ops(node, k)).collect();
+            match self.txn(&ops).await? {
+                TxnOutcome::Committed(results) => {
+                    // Two results per key: the lock, then the registry entry.
+                    let claims = keys
+                        .iter()
+                        .zip(results.chunks(2))
+                        .map(|(key, r)| Claim {
+                            key: key.clone(),
+                            epoch: Epoch(r[0].modify_index),
+                            trigger_seq: TriggerSeq(r[1].modify_index),
+                        })
+                        .collect();
+                    return Ok(claims);
+                }
+                TxnOutcome::RolledBack(failures) => {
+                    if invalid_session(&failures) {
+                        return Err(self.lease_lost(node));
+                    }
+                    let lost: Vec<usize> = failures.iter().map(|f| f.op_index / 4).collect();
+                    keys = keys
+                        .into_iter()
+                        .enumerate()
+                        .filter(|(i, _)| !lost.contains(i))
+                        .map(|(_, k)| k)
+                        .collect();
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    async fn mark_available(&self) -> Result<(), CoordinatorError> {
+        self.txn(&[TxnOp::Set {
+            key: self.layout.avail(),
+            value: Bytes::new(),
+        }])
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Coordinator for ConsulCoordinator {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_state_bytes: self.config.max_state_bytes,
+        }
+    }
+
+    async fn join(
+        &self,
+        node: &NodeInfo,
+        ttl: Duration,
+        events: EventSink,
+    ) -> Result<Lease, CoordinatorError> {
+        let client = self.client_ref();
+        let session = client
+            .session_create(&SessionSpec {
+                name: format!("keyloop {}", node.id),
+                ttl,
+                lock_delay: self.config.lock_delay,
+                behavior: Behavior::Release,
+            })
+            .await?;
+        let record = serde_json::json!({ "name": node.name }).to_string();
+        let acquired = client
+            .kv_put(
+                &self.layout.node(&node.id),
+                Bytes::from(record),
+                &PutOptions {
+                    acquire: Some(session.clone()),
+                    ..PutOptions::default()
+                },
+            )
+            .await;
+        match acquired {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = client.session_destroy(&session).await;
+                return Err(CoordinatorError::backend(
+                    BACKEND,
+                    format!("node record of {} is locked by another session", node.id),
+                    None,
+                ));
+            }
+            Err(e) => {
+                let _ = client.session_destroy(&session).await;
+                return Err(e.into());
+            }
+        }
+        let state = Arc::new(NodeState {
+            id: node.id,
+            session,
+            ttl,
+            events,
+            local: Mutex::new(Local::default()),
+            watch: Mutex::new(None),
+        });
+        let task = tokio::spawn(watch::run(
+            client.clone(),
+            self.layout.clone(),
+            self.config.clone(),
+            state.clone(),
+        ));
+        *state.watch.lock().unwrap() = Some(task);
+        if let Some(old) = self.nodes.lock().unwrap().insert(node.id, state) {
+            old.stop_watch();
+        }
+        Ok(Lease { ttl })
+    }
+
+    async fn heartbeat(&self, node: &NodeId) -> Result<Lease, CoordinatorError> {
+        let n = self.node(node)?;
+        match self.client_ref().session_renew(&n.session).await? {
+            None => Err(self.lease_lost(&n)),
+            Some(ttl) => Ok(Lease {
+                ttl: if ttl.is_zero() { n.ttl } else { ttl },
+            }),
+        }
+    }
+
+    async fn leave(&self, node: &NodeId) -> Result<(), CoordinatorError> {
+        let Some(n) = self.nodes.lock().unwrap().get(node).cloned() else {
+            return Ok(());
+        };
+        n.stop_watch();
+        // Release first, destroy after: released keys carry no lock-delay, so peers can
+        // claim them at once; destroying the session with keys still held would delay them.
+        let keys = self.list_keys().await?;
+        let mut ops: Vec<TxnOp> = keys
+            .iter()
+            .filter_map(|(key, e)| {
+                let own = e.own.as_ref()?;
+                (own.session.as_deref() == Some(n.session.as_str())).then(|| TxnOp::Unlock {
+                    key: self.layout.own(key),
+                    value: released_value(&n.id, own.modify_index),
+                    session: n.session.clone(),
+                })
+            })
+            .collect();
+        let released_any = !ops.is_empty();
+        ops.push(TxnOp::Delete {
+            key: self.layout.node(&n.id),
+        });
+        if released_any {
+            ops.push(TxnOp::Set {
+                key: self.layout.avail(),
+                value: Bytes::new(),
+            });
+        }
+        for chunk in ops.chunks(TXN_MAX_OPS) {
+            if let TxnOutcome::RolledBack(failures) = self.txn(chunk).await? {
+                tracing::warn!(?failures, node = %n.id, "some keys were no longer held at leave");
+            }
+        }
+        self.client_ref().session_destroy(&n.session).await?;
+        self.forget(node);
+        Ok(())
+    }
+
+    async fn trigger(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError> {
+        let ops = [
+            TxnOp::Set {
+                key: self.layout.reg(key),
+                value: Bytes::new(),
+            },
+            TxnOp::Delete {
+                key: self.layout.park(key),
+            },
+            TxnOp::Set {
+                key: self.layout.pend(key),
+                value: Bytes::new(),
+            },
+            TxnOp::GetOrEmpty {
+                key: self.layout.own(key),
+            },
+        ];
+        let results = match self.txn(&ops).await? {
+            TxnOutcome::Committed(r) if r.len() == 3 => r,
+            other => {
+                return Err(CoordinatorError::backend(
+                    BACKEND,
+                    format!("unexpected trigger transaction outcome: {other:?}"),
+                    None,
+                ));
+            }
+        };
+        let reg = &results[0];
+        let seq = reg.modify_index;
+        let owner = owner_of(&results[2]);
+        if owner.is_none() {
+            // Nobody will consume the marker but a claim: drop it (unless a newer trigger
+            // rewrote it) and wake every node instead.
+            let ops = [
+                TxnOp::DeleteCas {
+                    key: self.layout.pend(key),
+                    index: seq,
+                },
+                TxnOp::Set {
+                    key: self.layout.avail(),
+                    value: Bytes::new(),
+                },
+            ];
+            if let TxnOutcome::RolledBack(_) = self.txn(&ops).await? {
+                self.mark_available().await?;
+            }
+        }
+        Ok(TriggerOutcome {
+            seq: TriggerSeq(seq),
+            registered: reg.create_index == reg.modify_index,
+            owner,
+        })
+    }
+
+    async fn claim(&self, node: &NodeId, max: usize) -> Result<Vec<Claim>, CoordinatorError> {
+        let n = self.node(node)?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = self.candidates(&n, max).await?;
+        let mut claims = Vec::new();
+        for chunk in keys.chunks(CLAIM_BATCH) {
+            claims.extend(self.claim_batch(&n, chunk.to_vec()).await?);
+        }
+        self.record_claims(&n, &mut claims);
+        Ok(claims)
+    }
+
+    async fn claim_key(&self, node: &NodeId, key: &Key) -> Result<Option<Claim>, CoordinatorError> {
+        let n = self.node(node)?;
+        let mine = n.local.lock().unwrap().owned.get(key).copied();
+        if let Some(owned) = mine {
+            let mut ops = self.fence_ops(&n, key, Epoch(owned.epoch)).to_vec();
+            ops.push(TxnOp::Get {
+                key: self.layout.reg(key),
+            });
+            match self.txn(&ops).await? {
+                TxnOutcome::Committed(r) => {
+                    return Ok(Some(Claim {
+                        key: key.clone(),
+                        epoch: Epoch(owned.epoch),
+                        trigger_seq: TriggerSeq(r[2].modify_index.max(owned.seen)),
+                    }));
+                }
+                TxnOutcome::RolledBack(_) => {
+                    n.local.lock().unwrap().owned.remove(key);
+                }
+            }
+        }
+        {
+            let local = n.local.lock().unwrap();
+            if local
+                .avoid
+                .get(key)
+                .is_some_and(|until| *until > Instant::now())
+            {
+                return Ok(None);
+            }
+        }
+        let ops = self.claim_ops(&n, key);
+        match self.txn(&ops).await? {
+            TxnOutcome::Committed(r) => {
+                let mut claims = [Claim {
+                    key: key.clone(),
+                    epoch: Epoch(r[0].modify_index),
+                    trigger_seq: TriggerSeq(r[1].modify_index),
+                }];
+                self.record_claims(&n, &mut claims);
+                let [claim] = claims;
+                Ok(Some(claim))
+            }
+            TxnOutcome::RolledBack(f) if invalid_session(&f) => Err(self.lease_lost(&n)),
+            TxnOutcome::RolledBack(_) => Ok(None),
+        }
+    }
+
+    async fn release(
+        &self,
+        node: &NodeId,
+        key: &Key,
+        epoch: Epoch,
+        how: Release,
+    ) -> Result<Released, CoordinatorError> {
+        let n = self.node(node).map_err(|_| CoordinatorError::Fenced {
+            node: *node,
+            key: key.clone(),
+            epoch,
+        })?;
+        let fence = self.fence_ops(&n, key, epoch);
+        let outcome = match how {
+            Release::Complete { observed_seq } => {
+                let mut observed = observed_seq.0;
+                loop {
+                    let mut ops = fence.to_vec();
+                    ops.push(TxnOp::CheckIndex {
+                        key: self.layout.reg(key),
+                        index: observed,
+                    });
+                    ops.extend([
+                        TxnOp::Delete {
+                            key: self.layout.reg(key),
+                        },
+                        TxnOp::Delete {
+                            key: self.layout.own(key),
+                        },
+                        TxnOp::Delete {
+                            key: self.layout.park(key),
+                        },
+                        TxnOp::Delete {
+                            key: self.layout.pend(key),
+                        },
+                        TxnOp::Delete {
+                            key: self.layout.state(key),
+                        },
+                    ]);
+                    match self.txn(&ops).await? {
+                        TxnOutcome::Committed(_) => break Released::Retired,
+                        TxnOutcome::RolledBack(f) if f.iter().any(|f| f.op_index < 2) => {
+                            n.local.lock().unwrap().owned.remove(key);
+                            return Err(Self::fenced(&n, key, epoch));
+                        }
+                        TxnOutcome::RolledBack(_) => {}
+                    }
+                    // A trigger arrived after `observed`: read it, still fenced.
+                    let mut ops = fence.to_vec();
+                    ops.push(TxnOp::Get {
+                        key: self.layout.reg(key),
+                    });
+                    let seq = match self.txn(&ops).await? {
+                        TxnOutcome::Committed(r) => r[2].modify_index,
+                        TxnOutcome::RolledBack(_) => return Err(Self::fenced(&n, key, epoch)),
+                    };
+                    if seq <= observed {
+                        // The sequence is not newer (the caller passed a later one than it
+                        // could have seen): retire at the current one.
+                        observed = seq;
+                        continue;
+                    }
+                    if let Some(o) = n.local.lock().unwrap().owned.get_mut(key) {
+                        o.seen = o.seen.max(seq);
+                    }
+                    return Ok(Released::Retriggered {
+                        seq: TriggerSeq(seq),
+                    });
+                }
+            }
+            Release::Continue { avoid_for } => {
+                let mut ops = fence.to_vec();
+                ops.push(TxnOp::Unlock {
+                    key: self.layout.own(key),
+                    value: released_value(&n.id, epoch.0),
+                    session: n.session.clone(),
+                });
+                ops.push(TxnOp::Set {
+                    key: self.layout.avail(),
+                    value: Bytes::new(),
+                });
+                match self.txn(&ops).await? {
+                    TxnOutcome::Committed(_) => {
+                        if !avoid_for.is_zero() {
+                            n.local
+                                .lock()
+                                .unwrap()
+                                .avoid
+                                .insert(key.clone(), Instant::now() + avoid_for);
+                        }
+                        Released::Released
+                    }
+                    TxnOutcome::RolledBack(_) => {
+                        n.local.lock().unwrap().owned.remove(key);
+                        return Err(Self::fenced(&n, key, epoch));
+                    }
+                }
+            }
+            Release::Park { error } => {
+                let mut ops = fence.to_vec();
+                ops.push(TxnOp::Set {
+                    key: self.layout.park(key),
+                    value: Bytes::from(error),
+                });
+                ops.push(TxnOp::Unlock {
+                    key: self.layout.own(key),
+                    value: released_value(&n.id, epoch.0),
+                    session: n.session.clone(),
+                });
+                match self.txn(&ops).await? {
+                    TxnOutcome::Committed(_) => Released::Released,
+                    TxnOutcome::RolledBack(_) => {
+                        n.local.lock().unwrap().owned.remove(key);
+                        return Err(Self::fenced(&n, key, epoch));
+                    }
+                }
+            }
+            other => {
+                return Err(CoordinatorError::backend(
+                    BACKEND,
+                    format!("unsupported release {other:?}"),
+                    None,
+                ));
+            }
+        };
+        n.local.lock().unwrap().owned.remove(key);
+        Ok(outcome)
+    }
+
+    async fn owned(&self, node: &NodeId) -> Result<Vec<Claim>, CoordinatorError> {
+        let n = self.node(node)?;
+        let keys = self.list_keys().await?;
+        let claims: Vec<Claim> = keys
+            .into_iter()
+            .filter_map(|(key, e)| {
+                let own = e.own?;
+                let reg = e.reg?;
+                (own.session.as_deref() == Some(n.session.as_str())).then(|| Claim {
+                    key,
+                    epoch: Epoch(own.modify_index),
+                    trigger_seq: TriggerSeq(reg.modify_index),
+                })
+            })
+            .collect();
+        let mut local = n.local.lock().unwrap();
+        let previous = std::mem::take(&mut local.owned);
+        for c in &claims {
+            let seen = previous
+                .get(&c.key)
+                .filter(|o| o.epoch == c.epoch.0)
+                .map_or(c.trigger_seq.0, |o| o.seen.max(c.trigger_seq.0));
+            local.owned.insert(
+                c.key.clone(),
+                Owned {
+                    epoch: c.epoch.0,
+                    seen,
+                },
+            );
+        }
+        Ok(claims)
+    }
+
+    async fn load_state(&self, key: &Key) -> Result<Option<Bytes>, CoordinatorError> {
+        let got = self
+            .client_ref()
+            .kv_get(
+                &self.layout.state(key),
+                ReadOptions {
+                    consistent: true,
+                    ..ReadOptions::default()
+                },
+            )
+            .await?;
+        Ok(got.value.map(|e| e.value))
+    }
+
+    async fn save_state(
+        &self,
+        node: &NodeId,
+        key: &Key,
+        epoch: Epoch,
+        state: Bytes,
+    ) -> Result<(), CoordinatorError> {
+        let max = self.config.max_state_bytes;
+        if state.len() > max {
+            return Err(CoordinatorError::StateTooLarge {
+                key: key.clone(),
+                size: state.len(),
+                max,
+            });
+        }
+        let n = self.node(node).map_err(|_| CoordinatorError::Fenced {
+            node: *node,
+            key: key.clone(),
+            epoch,
+        })?;
+        let mut ops = self.fence_ops(&n, key, epoch).to_vec();
+        ops.push(TxnOp::Set {
+            key: self.layout.state(key),
+            value: state,
+        });
+        match self.txn(&ops).await? {
+            TxnOutcome::Committed(_) => Ok(()),
+            TxnOutcome::RolledBack(_) => Err(Self::fenced(&n, key, epoch)),
+        }
+    }
+
+    async fn key_info(&self, key: &Key) -> Result<Option<KeyInfo>, CoordinatorError> {
+        let ops = [
+            TxnOp::GetOrEmpty {
+                key: self.layout.reg(key),
+            },
+            TxnOp::GetOrEmpty {
+                key: self.layout.own(key),
+            },
+            TxnOp::GetOrEmpty {
+                key: self.layout.park(key),
+            },
+        ];
+        let r = match self.txn(&ops).await? {
+            TxnOutcome::Committed(r) if r.len() == 3 => r,
+            other => {
+                return Err(CoordinatorError::backend(
+                    BACKEND,
+                    format!("unexpected key_info transaction outcome: {other:?}"),
+                    None,
+                ));
+            }
+        };
+        if r[0].modify_index == 0 {
+            return Ok(None);
+        }
+        Ok(Some(KeyInfo {
+            key: key.clone(),
+            owner: owner_of(&r[1]),
+            epoch: epoch_of(&r[1]),
+            trigger_seq: TriggerSeq(r[0].modify_index),
+            parked: (r[2].modify_index != 0)
+                .then(|| String::from_utf8_lossy(&r[2].value).into_owned()),
+        }))
+    }
+
+    async fn inspect(&self) -> Result<ClusterSnapshot, CoordinatorError> {
+        let nodes = self
+            .client_ref()
+            .kv_list(
+                &self.layout.nodes_prefix(),
+                ReadOptions {
+                    consistent: true,
+                    ..ReadOptions::default()
+                },
+            )
+            .await?;
+        let nodes_prefix = self.layout.nodes_prefix();
+        let nodes = nodes
+            .value
+            .into_iter()
+            .filter_map(|e| {
+                let id = NodeId::parse(e.key.strip_prefix(&nodes_prefix)?)?;
+                let name = serde_json::from_slice::<serde_json::Value>(&e.value)
+                    .ok()
+                    .and_then(|v| v["name"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                Some(NodeSnapshot {
+                    id,
+                    name,
+                    alive: e.session.is_some(),
+                })
+            })
+            .collect();
+        let keys = self
+            .list_keys()
+            .await?
+            .into_iter()
+            .filter_map(|(key, e)| {
+                let reg = e.reg?;
+                Some(KeyInfo {
+                    key,
+                    owner: e.own.as_ref().and_then(owner_of),
+                    epoch: e.own.as_ref().and_then(epoch_of),
+                    trigger_seq: TriggerSeq(reg.modify_index),
+                    parked: e
+                        .park
+                        .map(|p| String::from_utf8_lossy(&p.value).into_owned()),
+                })
+            })
+            .collect();
+        Ok(ClusterSnapshot { nodes, keys })
+    }
+}

@@ -1,0 +1,38 @@
+//! The Consul backend of keyloop: a [`ConsulCoordinator`] on Consul's HTTP API.
+//!
+//! One TTL session per node (`Checks: []`, behaviour `release`) renewed by the engine's
+//! heartbeat; key ownership as KV locks (`acquire`/`release`) whose `ModifyIndex` is the
+//! epoch; every fenced write in a `/v1/txn` that checks the session and the epoch first;
+//! triggers as durable per-key entries plus markers consumed with CAS; one blocking query
+//! per node for notifications. See the crate README for the KV layout and request counts.
+//!
+//! ```
+//! use std::time::Duration;
+//! use keyloop_consul::{ConsulConfig, ConsulCoordinator};
+//! use keyloop_core::Coordinator;
+//!
+//! let config = ConsulConfig::builder("http://127.0.0.1:8500")
+//!     .prefix("myapp/keyloop")
+//!     .token("acl-token")
+//!     .lock_delay(Duration::from_secs(1))
+//!     .build()
+//!     .unwrap();
+//! let coordinator = ConsulCoordinator::new(config);
+//! assert!(coordinator.limits().max_state_bytes < 512 * 1024);
+//! // Engine::builder(Arc::new(coordinator), controller).start().await …
+//! ```
+
+mod client;
+mod config;
+mod coordinator;
+mod error;
+mod layout;
+mod watch;
+
+pub use client::{
+    Behavior, CONSUL_MAX_VALUE_BYTES, ConsulClient, Indexed, KvEntry, PutOptions, ReadOptions,
+    SessionEntry, SessionSpec, TXN_MAX_OPS, TxnFailure, TxnOp, TxnOutcome,
+};
+pub use config::{ConsulConfig, ConsulConfigBuilder};
+pub use coordinator::ConsulCoordinator;
+pub use error::{ClientError, ConfigError};
