@@ -1,8 +1,9 @@
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use foldhash::fast::RandomState;
 use keyloop_core::{CoordinatorEvent, Key, NodeId};
 use tokio::time::Instant;
 
@@ -45,12 +46,11 @@ impl MemoryCluster {
             state: Arc::new(ClusterState {
                 config,
                 base: Instant::now(),
-                hasher: RandomState::new(),
-                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                hasher: RandomState::default(),
+                shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 nodes: RwLock::new(HashMap::new()),
                 pending: Mutex::new(VecDeque::new()),
-                epochs: AtomicU64::new(0),
-                seqs: AtomicU64::new(0),
+                signalled: AtomicBool::new(false),
             }),
         }
     }
@@ -106,30 +106,49 @@ impl MemoryCluster {
         self.state
             .shards
             .iter()
-            .map(|s| s.lock().unwrap().len())
+            .map(|s| s.lock().unwrap().keys.len())
             .sum()
     }
 }
 
-pub(crate) type Shard = Mutex<HashMap<Key, KeyRecord>>;
+/// One slice of the registry. Epochs and trigger sequences come from per-shard counters:
+/// a key always lives in the same shard, so both strictly increase per key forever (also
+/// across retirement and re-registration) without a global contended counter.
+#[derive(Default)]
+pub(crate) struct Shard {
+    pub(crate) keys: HashMap<Key, KeyRecord, RandomState>,
+    last_epoch: u64,
+    last_seq: u64,
+}
+
+impl Shard {
+    pub(crate) fn next_epoch(&mut self) -> u64 {
+        self.last_epoch += 1;
+        self.last_epoch
+    }
+
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
+    }
+}
 
 pub(crate) struct ClusterState {
     pub(crate) config: MemoryConfig,
     base: Instant,
     hasher: RandomState,
-    pub(crate) shards: Box<[Shard]>,
+    pub(crate) shards: Box<[Mutex<Shard>]>,
     pub(crate) nodes: RwLock<HashMap<NodeId, Arc<NodeEntry>>>,
     /// Keys that may be claimable. May hold stale entries; `KeyRecord::queued` prevents
     /// duplicates. Lock order: a shard, then `pending`; never the reverse.
     pub(crate) pending: Mutex<VecDeque<Key>>,
-    /// Global counters: epochs and trigger sequences strictly increase per key forever,
-    /// also across retirement and re-registration.
-    pub(crate) epochs: AtomicU64,
-    pub(crate) seqs: AtomicU64,
+    /// Whether `KeysAvailable` went out since the last claim started: one broadcast per
+    /// drain of the queue instead of one per queued key.
+    signalled: AtomicBool,
 }
 
 impl ClusterState {
-    pub(crate) fn shard(&self, key: &str) -> &Shard {
+    pub(crate) fn shard(&self, key: &Key) -> &Mutex<Shard> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
@@ -155,6 +174,18 @@ impl ClusterState {
             .collect()
     }
 
+    /// Called by a claim before it looks at the queue: the next queued key signals again.
+    pub(crate) fn claim_started(&self) {
+        self.signalled.store(false, Ordering::Release);
+    }
+
+    /// Broadcasts `KeysAvailable` unless it already went out since the last claim started.
+    pub(crate) fn signal_available(&self) {
+        if !self.signalled.swap(true, Ordering::AcqRel) {
+            self.broadcast_available();
+        }
+    }
+
     pub(crate) fn broadcast_available(&self) {
         let now = self.now_nanos();
         for node in self.live_nodes(now) {
@@ -173,6 +204,15 @@ impl ClusterState {
     /// Marks expired nodes gone and queues the keys they owned.
     pub(crate) fn reap_expired(&self) {
         let now = self.now_nanos();
+        let any_expired = self
+            .nodes
+            .read()
+            .unwrap()
+            .values()
+            .any(|n| !n.alive_at(now));
+        if !any_expired {
+            return;
+        }
         let expired: Vec<Arc<NodeEntry>> = {
             let mut nodes = self.nodes.write().unwrap();
             let expired: Vec<_> = nodes
@@ -192,13 +232,14 @@ impl ClusterState {
             node.gone.store(true, Ordering::Release);
         }
         self.release_all_of(&expired);
+        self.broadcast_available();
     }
 
     /// Unowns every key owned by one of `nodes` and queues it.
     pub(crate) fn release_all_of(&self, nodes: &[Arc<NodeEntry>]) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap();
-            for (key, record) in shard.iter_mut() {
+            for (key, record) in shard.keys.iter_mut() {
                 let owned_by_them = record
                     .owner
                     .as_ref()

@@ -56,8 +56,7 @@ impl MemoryCoordinator {
             && !record.avoided_by(node, at)
     }
 
-    fn grant(&self, node: &Arc<NodeEntry>, key: &Key, record: &mut KeyRecord) -> Claim {
-        let epoch = self.state.epochs.fetch_add(1, Ordering::AcqRel) + 1;
+    fn grant(&self, node: &Arc<NodeEntry>, key: &Key, epoch: u64, record: &mut KeyRecord) -> Claim {
         record.owner = Some(Arc::clone(node));
         record.epoch = epoch;
         record.set_avoid(None);
@@ -136,65 +135,86 @@ impl Coordinator for MemoryCoordinator {
     }
 
     async fn trigger(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError> {
-        let now = self.state.now_nanos();
-        let seq = self.state.seqs.fetch_add(1, Ordering::AcqRel) + 1;
-        let (registered, owner) = {
-            let mut shard = self.state.shard(key.as_str()).lock().unwrap();
-            let (registered, record) = match shard.get_mut(key.as_str()) {
+        let (seq, registered, owner, queued) = {
+            let mut guard = self.state.shard(key).lock().unwrap();
+            let shard = &mut *guard;
+            let seq = shard.next_seq();
+            let (registered, record) = match shard.keys.get_mut(key) {
                 Some(record) => (false, record),
-                None => (true, shard.entry(key.clone()).or_default()),
+                None => (true, shard.keys.entry(key.clone()).or_default()),
             };
             record.seq = seq;
             record.set_parked(None);
-            let owner = record.live_owner(now).cloned();
-            if owner.is_none() {
+            // No clock here: an owner whose lease ran out but was not reaped yet gets a
+            // harmless hint; the reaper queues its keys at the next claim.
+            let owner = record
+                .owner
+                .as_ref()
+                .filter(|o| !o.gone.load(Ordering::Acquire));
+            let owner_id = match owner {
+                // Sent under the shard lock (the sink never calls back into the backend):
+                // no reference count traffic on the owner per trigger.
+                Some(owner) => {
+                    owner.send(CoordinatorEvent::Triggered {
+                        key: key.clone(),
+                        seq: TriggerSeq(seq),
+                    });
+                    Some(owner.id())
+                }
+                None => None,
+            };
+            if owner_id.is_none() {
                 self.state.enqueue(key, record);
             }
-            (registered, owner)
+            (seq, registered, owner_id, owner_id.is_none())
         };
-        match &owner {
-            Some(owner) => owner.send(CoordinatorEvent::Triggered {
-                key: key.clone(),
-                seq: TriggerSeq(seq),
-            }),
-            None => self.state.broadcast_available(),
+        if queued {
+            self.state.signal_available();
         }
         Ok(TriggerOutcome {
             seq: TriggerSeq(seq),
             registered,
-            owner: owner.map(|o| o.id()),
+            owner,
         })
     }
 
     async fn claim(&self, node: &NodeId, max: usize) -> Result<Vec<Claim>, CoordinatorError> {
         self.state.reap_expired();
         let entry = self.live_node(node)?;
+        self.state.claim_started();
         let at = Instant::now();
         let now = self.state.nanos(at);
         let mut claims = Vec::new();
         let mut skipped = Vec::new();
         while claims.len() < max {
-            let Some(key) = self.state.pending.lock().unwrap().pop_front() else {
+            let batch: Vec<Key> = {
+                let mut pending = self.state.pending.lock().unwrap();
+                let n = (max - claims.len()).min(pending.len());
+                pending.drain(..n).collect()
+            };
+            if batch.is_empty() {
                 break;
-            };
-            let mut shard = self.state.shard(key.as_str()).lock().unwrap();
-            let Some(record) = shard.get_mut(key.as_str()) else {
-                continue;
-            };
-            if record.live_owner(now).is_some() || record.parked().is_some() {
-                record.queued = false;
-            } else if record.avoided_by(*node, at) {
-                skipped.push(key.clone());
-            } else {
-                record.queued = false;
-                claims.push(self.grant(&entry, &key, record));
+            }
+            for key in batch {
+                let mut guard = self.state.shard(&key).lock().unwrap();
+                let shard = &mut *guard;
+                let Some(record) = shard.keys.get_mut(&key) else {
+                    continue;
+                };
+                if record.live_owner(now).is_some() || record.parked().is_some() {
+                    record.queued = false;
+                } else if record.avoided_by(*node, at) {
+                    skipped.push(key);
+                } else {
+                    record.queued = false;
+                    let epoch = shard.next_epoch();
+                    let record = shard.keys.get_mut(&key).expect("present");
+                    claims.push(self.grant(&entry, &key, epoch, record));
+                }
             }
         }
         if !skipped.is_empty() {
-            let mut pending = self.state.pending.lock().unwrap();
-            for key in skipped {
-                pending.push_back(key);
-            }
+            self.state.pending.lock().unwrap().extend(skipped);
         }
         Ok(claims)
     }
@@ -204,8 +224,9 @@ impl Coordinator for MemoryCoordinator {
         let entry = self.live_node(node)?;
         let at = Instant::now();
         let now = self.state.nanos(at);
-        let mut shard = self.state.shard(key.as_str()).lock().unwrap();
-        let Some(record) = shard.get_mut(key.as_str()) else {
+        let mut guard = self.state.shard(key).lock().unwrap();
+        let shard = &mut *guard;
+        let Some(record) = shard.keys.get_mut(key) else {
             return Ok(None);
         };
         if let Some(owner) = record.live_owner(now) {
@@ -219,7 +240,9 @@ impl Coordinator for MemoryCoordinator {
             return Ok(None);
         }
         // The key may still sit in the pending queue; `claim` drops it there as owned.
-        Ok(Some(self.grant(&entry, key, record)))
+        let epoch = shard.next_epoch();
+        let record = shard.keys.get_mut(key).expect("present");
+        Ok(Some(self.grant(&entry, key, epoch, record)))
     }
 
     async fn release(
@@ -230,13 +253,13 @@ impl Coordinator for MemoryCoordinator {
         how: Release,
     ) -> Result<Released, CoordinatorError> {
         let released = {
-            let mut shard = self.state.shard(key.as_str()).lock().unwrap();
-            self.check_fence(node, key, epoch, shard.get(key.as_str()))?;
-            let record = shard.get_mut(key.as_str()).expect("checked by the fence");
+            let mut shard = self.state.shard(key).lock().unwrap();
+            self.check_fence(node, key, epoch, shard.keys.get(key))?;
+            let record = shard.keys.get_mut(key).expect("checked by the fence");
             match how {
                 Release::Complete { observed_seq } => {
                     if record.seq <= observed_seq.0 {
-                        shard.remove(key.as_str());
+                        shard.keys.remove(key);
                         return Ok(Released::Retired);
                     }
                     return Ok(Released::Retriggered {
@@ -260,7 +283,7 @@ impl Coordinator for MemoryCoordinator {
             }
         };
         if released {
-            self.state.broadcast_available();
+            self.state.signal_available();
         }
         Ok(Released::Released)
     }
@@ -270,7 +293,7 @@ impl Coordinator for MemoryCoordinator {
         let now = self.state.now_nanos();
         let mut out = Vec::new();
         for shard in self.state.shards.iter() {
-            for (key, record) in shard.lock().unwrap().iter() {
+            for (key, record) in shard.lock().unwrap().keys.iter() {
                 if record.live_owner(now).is_some_and(|o| o.id() == *node) {
                     out.push(Claim {
                         key: key.clone(),
@@ -284,8 +307,8 @@ impl Coordinator for MemoryCoordinator {
     }
 
     async fn load_state(&self, key: &Key) -> Result<Option<Bytes>, CoordinatorError> {
-        let shard = self.state.shard(key.as_str()).lock().unwrap();
-        Ok(shard.get(key.as_str()).and_then(|r| r.state.clone()))
+        let shard = self.state.shard(key).lock().unwrap();
+        Ok(shard.keys.get(key).and_then(|r| r.state().cloned()))
     }
 
     async fn save_state(
@@ -303,18 +326,18 @@ impl Coordinator for MemoryCoordinator {
                 max,
             });
         }
-        let mut shard = self.state.shard(key.as_str()).lock().unwrap();
-        self.check_fence(node, key, epoch, shard.get(key.as_str()))?;
-        if let Some(record) = shard.get_mut(key.as_str()) {
-            record.state = Some(state);
+        let mut shard = self.state.shard(key).lock().unwrap();
+        self.check_fence(node, key, epoch, shard.keys.get(key))?;
+        if let Some(record) = shard.keys.get_mut(key) {
+            record.set_state(state);
         }
         Ok(())
     }
 
     async fn key_info(&self, key: &Key) -> Result<Option<KeyInfo>, CoordinatorError> {
         let now = self.state.now_nanos();
-        let shard = self.state.shard(key.as_str()).lock().unwrap();
-        Ok(shard.get(key.as_str()).map(|r| info(key, r, now)))
+        let shard = self.state.shard(key).lock().unwrap();
+        Ok(shard.keys.get(key).map(|r| info(key, r, now)))
     }
 
     async fn inspect(&self) -> Result<ClusterSnapshot, CoordinatorError> {
@@ -334,7 +357,7 @@ impl Coordinator for MemoryCoordinator {
         nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         let mut keys = Vec::new();
         for shard in self.state.shards.iter() {
-            for (key, record) in shard.lock().unwrap().iter() {
+            for (key, record) in shard.lock().unwrap().keys.iter() {
                 keys.push(info(key, record, now));
             }
         }

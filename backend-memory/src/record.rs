@@ -66,6 +66,7 @@ impl NodeEntry {
 /// Rarely used per-key fields, boxed to keep the common record small.
 #[derive(Default)]
 pub(crate) struct Extra {
+    pub(crate) state: Option<Bytes>,
     pub(crate) parked: Option<String>,
     pub(crate) avoid: Option<(NodeId, Instant)>,
 }
@@ -77,7 +78,6 @@ pub(crate) struct KeyRecord {
     /// Epoch of the latest acquisition (0: never owned).
     pub(crate) epoch: u64,
     pub(crate) seq: u64,
-    pub(crate) state: Option<Bytes>,
     pub(crate) extra: Option<Box<Extra>>,
     /// Whether the key sits in the pending queue.
     pub(crate) queued: bool,
@@ -115,11 +115,19 @@ impl KeyRecord {
         self.shrink_extra();
     }
 
+    pub(crate) fn state(&self) -> Option<&Bytes> {
+        self.extra.as_ref().and_then(|e| e.state.as_ref())
+    }
+
+    pub(crate) fn set_state(&mut self, state: Bytes) {
+        self.extra.get_or_insert_with(Default::default).state = Some(state);
+    }
+
     fn shrink_extra(&mut self) {
         if self
             .extra
             .as_ref()
-            .is_some_and(|e| e.parked.is_none() && e.avoid.is_none())
+            .is_some_and(|e| e.state.is_none() && e.parked.is_none() && e.avoid.is_none())
         {
             self.extra = None;
         }

@@ -1,6 +1,7 @@
 //! Turns coordinator events into wake-ups of loops, the claimer and the resync.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -26,8 +27,9 @@ pub(crate) struct Shared {
     pub(crate) resync_wake: Notify,
     /// Wakes the lease keeper: the backend says every ownership is gone.
     pub(crate) lost_wake: Notify,
-    /// Wakes whoever waits for loops to end (shutdown).
+    /// Wakes whoever waits for loops to end (shutdown, fencing) while `draining` is set.
     pub(crate) loop_ended: Notify,
+    pub(crate) draining: AtomicBool,
     stash: Mutex<Stash>,
 }
 
@@ -39,6 +41,7 @@ impl Shared {
             resync_wake: Notify::new(),
             lost_wake: Notify::new(),
             loop_ended: Notify::new(),
+            draining: AtomicBool::new(false),
             stash: Mutex::new(Stash::default()),
         }
     }
@@ -54,7 +57,7 @@ impl Shared {
             CoordinatorEvent::Triggered { key, seq } => self.deliver_trigger(key, seq.0),
             CoordinatorEvent::KeysAvailable => self.claim_wake.notify_one(),
             CoordinatorEvent::OwnershipLost { key: Some(key) } => {
-                self.loops.with(key.as_str(), |slot| {
+                self.loops.with(&key, |slot| {
                     slot.signal_shutdown(ShutdownReason::OwnershipLost)
                 });
             }
@@ -66,7 +69,7 @@ impl Shared {
     fn deliver_trigger(&self, key: Key, seq: u64) {
         if self
             .loops
-            .with(key.as_str(), |slot| slot.note_trigger(seq))
+            .with(&key, |slot| slot.note_trigger(seq))
             .is_some()
         {
             return;
@@ -79,7 +82,7 @@ impl Shared {
             // The claimer inserts slots before it closes the stash, so a claim that finished
             // between our first look-up and taking the lock is visible now.
             drop(stash);
-            self.loops.with(key.as_str(), |slot| slot.note_trigger(seq));
+            self.loops.with(&key, |slot| slot.note_trigger(seq));
         }
     }
 
@@ -98,7 +101,7 @@ impl Shared {
             std::mem::take(&mut stash.seqs)
         };
         for (key, seq) in seqs {
-            self.loops.with(key.as_str(), |slot| slot.note_trigger(seq));
+            self.loops.with(&key, |slot| slot.note_trigger(seq));
         }
     }
 }

@@ -67,9 +67,14 @@ impl Inner {
     /// Removes a loop from the table (if it is still there) and frees its capacity.
     pub(crate) fn finish_slot(&self, slot: &Arc<LoopSlot>) {
         if self.shared.loops.remove(slot) {
-            self.owned.fetch_sub(1, Ordering::AcqRel);
-            self.shared.loop_ended.notify_waiters();
-            self.shared.claim_wake.notify_one();
+            let before = self.owned.fetch_sub(1, Ordering::AcqRel);
+            if self.shared.draining.load(Ordering::Acquire) {
+                self.shared.loop_ended.notify_waiters();
+            }
+            if before >= self.config.max_loops {
+                // Capacity freed: keys left pending for lack of it can be claimed now.
+                self.shared.claim_wake.notify_one();
+            }
         }
     }
 
@@ -182,12 +187,7 @@ impl Engine {
     /// The key's status: detailed for keys this node owns, the backend's view otherwise.
     pub async fn status(&self, key: impl IntoKey) -> Result<KeyStatus, Error> {
         let key = key.into_key()?;
-        if let Some(status) = self
-            .inner
-            .shared
-            .loops
-            .with(key.as_str(), |slot| slot.status())
-        {
+        if let Some(status) = self.inner.shared.loops.with(&key, |slot| slot.status()) {
             return Ok(status);
         }
         Ok(crate::client::status_from_backend(&*self.inner.coordinator, &key).await?)

@@ -32,7 +32,8 @@ pub enum CoordinatorEvent {
 /// Where a backend delivers [`CoordinatorEvent`]s for one node.
 ///
 /// Delivery is a synchronous, non-blocking call: the receiver only records the hint and
-/// wakes whoever waits for it. Backends must not hold their own locks while sending.
+/// wakes whoever waits for it, and never calls back into the coordinator, so a backend may
+/// send while holding its own locks.
 #[derive(Clone)]
 pub struct EventSink(Arc<dyn Fn(CoordinatorEvent) + Send + Sync>);
 

@@ -94,6 +94,10 @@ async fn fence(inner: &Inner, session: &Arc<Session>, hard_deadline: Instant) {
             .filter(|slot| Arc::ptr_eq(&slot.session, session))
             .collect::<Vec<_>>()
     };
+    inner
+        .shared
+        .draining
+        .store(true, std::sync::atomic::Ordering::Release);
     for slot in mine() {
         slot.signal_shutdown(ShutdownReason::OwnershipLost);
     }
@@ -115,6 +119,12 @@ async fn fence(inner: &Inner, session: &Arc<Session>, hard_deadline: Instant) {
         inner.finish_slot(&slot);
     }
     *inner.session.write().unwrap() = None;
+    if inner.phase() == RUNNING {
+        inner
+            .shared
+            .draining
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Leaves under the old id (best effort) and joins under a new one, retrying with backoff.

@@ -47,75 +47,91 @@ async fn drive(inner: &Arc<Inner>, slot: &Arc<LoopSlot>) {
             Ok(Err(error)) => Outcome::Failed(error.to_string()),
             Err(panic) => Outcome::Failed(format!("panicked: {}", panic_message(&*panic))),
         };
-        let shutdown = slot.shutdown_reason();
-        if shutdown == Some(ShutdownReason::OwnershipLost) {
-            tracing::debug!("loop stopped after losing ownership");
+        // Boxed so that an idle loop's task holds only the controller's future, not the
+        // space for releases, retries and backoff timers.
+        if !Box::pin(after_run(inner, slot, outcome, started)).await {
             return;
         }
-        match outcome {
-            Outcome::Decided(Decision::Complete) => {
-                let how = Release::Complete {
-                    observed_seq: crate::TriggerSeq(slot.observed_seq()),
-                };
-                match release(inner, slot, how).await {
-                    Some(Released::Retriggered { seq }) => {
-                        slot.note_trigger(seq.0);
-                        slot.set_failures(0);
-                        if slot.shutdown_reason().is_some() {
-                            hand_off(inner, slot).await;
-                            return;
-                        }
-                        tracing::debug!(seq = seq.0, "triggered while completing: running again");
-                    }
-                    Some(_) => {
-                        inner.record(|r| r.completed.push(slot.key.clone()));
-                        slot.emit(&KeyStatus::NotRegistered);
-                        return;
-                    }
-                    None => return,
-                }
-            }
-            Outcome::Decided(Decision::Continue) => {
-                hand_off(inner, slot).await;
-                return;
-            }
-            Outcome::Failed(error) if shutdown.is_some() => {
-                tracing::warn!(%error, "loop failed during shutdown: handing off");
-                hand_off(inner, slot).await;
-                return;
-            }
-            Outcome::Failed(error) => {
-                let failures = if started.elapsed() >= inner.config.healthy_run {
-                    1
-                } else {
-                    slot.failures() + 1
-                };
-                slot.set_failures(failures);
-                if failures >= inner.config.max_failures {
-                    tracing::error!(%error, failures, "loop failed repeatedly: parking key");
-                    let how = Release::Park {
-                        error: error.clone(),
-                    };
-                    if release(inner, slot, how).await.is_some() {
-                        slot.emit(&KeyStatus::Failed { error });
-                    }
-                    return;
-                }
-                let delay = inner.config.restart_backoff.delay(failures - 1);
-                tracing::warn!(%error, failures, ?delay, "loop failed: restarting after backoff");
-                slot.set_backoff(error);
-                // New triggers do not shorten the backoff; only a shutdown ends it early.
-                let woke_for_shutdown = tokio::select! {
-                    _ = tokio::time::sleep(delay) => false,
-                    _ = slot.wait_for(|| slot.shutdown_reason()) => true,
-                };
-                if woke_for_shutdown {
-                    if slot.shutdown_reason() == Some(ShutdownReason::NodeShutdown) {
+    }
+}
+
+/// Acts on a finished run; `true` means run the controller again.
+async fn after_run(
+    inner: &Arc<Inner>,
+    slot: &Arc<LoopSlot>,
+    outcome: Outcome,
+    started: Instant,
+) -> bool {
+    let shutdown = slot.shutdown_reason();
+    if shutdown == Some(ShutdownReason::OwnershipLost) {
+        tracing::debug!("loop stopped after losing ownership");
+        return false;
+    }
+    match outcome {
+        Outcome::Decided(Decision::Complete) => {
+            let how = Release::Complete {
+                observed_seq: crate::TriggerSeq(slot.observed_seq()),
+            };
+            match release(inner, slot, how).await {
+                Some(Released::Retriggered { seq }) => {
+                    slot.note_trigger(seq.0);
+                    slot.set_failures(0);
+                    if slot.shutdown_reason().is_some() {
                         hand_off(inner, slot).await;
+                        return false;
                     }
-                    return;
+                    tracing::debug!(seq = seq.0, "triggered while completing: running again");
+                    true
                 }
+                Some(_) => {
+                    inner.record(|r| r.completed.push(slot.key.clone()));
+                    slot.emit(&KeyStatus::NotRegistered);
+                    false
+                }
+                None => false,
             }
+        }
+        Outcome::Decided(Decision::Continue) => {
+            hand_off(inner, slot).await;
+            false
+        }
+        Outcome::Failed(error) if shutdown.is_some() => {
+            tracing::warn!(%error, "loop failed during shutdown: handing off");
+            hand_off(inner, slot).await;
+            false
+        }
+        Outcome::Failed(error) => {
+            let failures = if started.elapsed() >= inner.config.healthy_run {
+                1
+            } else {
+                slot.failures() + 1
+            };
+            slot.set_failures(failures);
+            if failures >= inner.config.max_failures {
+                tracing::error!(%error, failures, "loop failed repeatedly: parking key");
+                let how = Release::Park {
+                    error: error.clone(),
+                };
+                if release(inner, slot, how).await.is_some() {
+                    slot.emit(&KeyStatus::Failed { error });
+                }
+                return false;
+            }
+            let delay = inner.config.restart_backoff.delay(failures - 1);
+            tracing::warn!(%error, failures, ?delay, "loop failed: restarting after backoff");
+            slot.set_backoff(error);
+            // New triggers do not shorten the backoff; only a shutdown ends it early.
+            let woke_for_shutdown = tokio::select! {
+                _ = tokio::time::sleep(delay) => false,
+                _ = slot.wait_for(|| slot.shutdown_reason()) => true,
+            };
+            if woke_for_shutdown {
+                if slot.shutdown_reason() == Some(ShutdownReason::NodeShutdown) {
+                    hand_off(inner, slot).await;
+                }
+                return false;
+            }
+            true
         }
     }
 }

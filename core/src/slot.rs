@@ -1,7 +1,9 @@
 //! Per-loop shared state and the table of loops a node owns.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -29,18 +31,20 @@ const NO_SHUTDOWN: u8 = 0;
 /// One `Notify` serves both triggers and shutdown: wakers call `notify_waiters` and waiters
 /// enable their `Notified` before checking the atomics, so no wake-up is lost and a loop
 /// waiting on both costs one waiter.
+// `repr(C)` keeps what every trigger touches (the sequences) in the first cache line.
+#[repr(C)]
 pub(crate) struct LoopSlot {
-    pub(crate) key: Key,
-    pub(crate) epoch: Epoch,
-    pub(crate) session: Arc<Session>,
     latest_seq: AtomicU64,
     observed_seq: AtomicU64,
     shutdown: AtomicU8,
+    pub(crate) key: Key,
+    pub(crate) epoch: Epoch,
+    pub(crate) session: Arc<Session>,
     phase: AtomicU8,
     failures: AtomicU32,
     notify: Notify,
     token: OnceLock<CancellationToken>,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<Box<str>>>,
     abort: OnceLock<AbortHandle>,
 }
 
@@ -62,16 +66,18 @@ impl LoopSlot {
         }
     }
 
-    /// Records a trigger sequence; wakes the loop if it is newer than anything it observed.
+    /// Records a trigger sequence and wakes the loop, unless it already had an unobserved
+    /// trigger (then it was woken for that one and will see this one too): a burst costs
+    /// one wake-up.
+    ///
+    /// Why no wake-up is lost: the loop enables its waiter, loads `latest`, then raises
+    /// `observed`. The first trigger to raise `latest` past what a sleeping loop observed
+    /// finds `previous <= observed` whatever the interleaving, and wakes it.
     pub(crate) fn note_trigger(&self, seq: u64) {
-        let previous = self.latest_seq.fetch_max(seq, Ordering::AcqRel);
-        if seq > previous {
+        let previous = self.latest_seq.fetch_max(seq, Ordering::SeqCst);
+        if seq > previous && previous <= self.observed_seq.load(Ordering::SeqCst) {
             self.notify.notify_waiters();
         }
-    }
-
-    pub(crate) fn latest_seq(&self) -> u64 {
-        self.latest_seq.load(Ordering::Acquire)
     }
 
     pub(crate) fn observed_seq(&self) -> u64 {
@@ -81,15 +87,15 @@ impl LoopSlot {
     /// Marks everything up to the latest sequence as observed (a run starting observes all
     /// triggers so far); returns it.
     pub(crate) fn observe_all(&self) -> u64 {
-        let latest = self.latest_seq();
-        self.observed_seq.fetch_max(latest, Ordering::AcqRel);
+        let latest = self.latest_seq.load(Ordering::SeqCst);
+        self.observed_seq.fetch_max(latest, Ordering::SeqCst);
         latest
     }
 
     /// Takes a pending trigger if there is one.
     pub(crate) fn take_trigger(&self) -> bool {
-        let latest = self.latest_seq();
-        let observed = self.observed_seq.fetch_max(latest, Ordering::AcqRel);
+        let latest = self.latest_seq.load(Ordering::SeqCst);
+        let observed = self.observed_seq.fetch_max(latest, Ordering::SeqCst);
         latest > observed
     }
 
@@ -159,7 +165,7 @@ impl LoopSlot {
     }
 
     pub(crate) fn set_backoff(&self, error: String) {
-        *self.last_error.lock().unwrap() = Some(error.clone());
+        *self.last_error.lock().unwrap() = Some(error.clone().into_boxed_str());
         self.phase.store(PHASE_BACKOFF, Ordering::Release);
         self.emit(&KeyStatus::Backoff {
             failures: self.failures(),
@@ -175,7 +181,13 @@ impl LoopSlot {
         if self.phase.load(Ordering::Acquire) == PHASE_BACKOFF {
             return KeyStatus::Backoff {
                 failures: self.failures(),
-                last_error: self.last_error.lock().unwrap().clone().unwrap_or_default(),
+                last_error: self
+                    .last_error
+                    .lock()
+                    .unwrap()
+                    .as_deref()
+                    .unwrap_or_default()
+                    .to_string(),
             };
         }
         KeyStatus::Running {
@@ -209,32 +221,36 @@ impl LoopSlot {
 
 const SHARDS: usize = 64;
 
+type Shard = Mutex<HashMap<Key, Arc<LoopSlot>, RandomState>>;
+
 /// The loops a node owns, sharded so that triggers for different keys rarely contend.
 pub(crate) struct LoopTable {
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<Key, Arc<LoopSlot>>>]>,
+    shards: Box<[Shard]>,
 }
 
 impl LoopTable {
     pub(crate) fn new() -> LoopTable {
         LoopTable {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::default(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<HashMap<Key, Arc<LoopSlot>>> {
+    fn shard(&self, key: &Key) -> &Shard {
         let hash = self.hasher.hash_one(key);
         &self.shards[(hash as usize) % SHARDS]
     }
 
     /// Calls `f` with the slot of `key`, without cloning the `Arc`.
-    pub(crate) fn with<R>(&self, key: &str, f: impl FnOnce(&LoopSlot) -> R) -> Option<R> {
+    pub(crate) fn with<R>(&self, key: &Key, f: impl FnOnce(&LoopSlot) -> R) -> Option<R> {
         self.shard(key).lock().unwrap().get(key).map(|slot| f(slot))
     }
 
     pub(crate) fn insert(&self, slot: Arc<LoopSlot>) -> Option<Arc<LoopSlot>> {
-        self.shard(slot.key.as_str())
+        self.shard(&slot.key)
             .lock()
             .unwrap()
             .insert(slot.key.clone(), slot)
@@ -242,10 +258,10 @@ impl LoopTable {
 
     /// Removes `slot` if it is still the one registered for its key.
     pub(crate) fn remove(&self, slot: &Arc<LoopSlot>) -> bool {
-        let mut shard = self.shard(slot.key.as_str()).lock().unwrap();
-        match shard.get(slot.key.as_str()) {
+        let mut shard = self.shard(&slot.key).lock().unwrap();
+        match shard.get(&slot.key) {
             Some(current) if Arc::ptr_eq(current, slot) => {
-                shard.remove(slot.key.as_str());
+                shard.remove(&slot.key);
                 true
             }
             _ => false,
