@@ -81,15 +81,16 @@ pub async fn trigger_wakes_running_loop(harness: &dyn Harness) {
         })
         .await;
     }
-    let log = case.recorder.lock();
-    assert_eq!(
-        log.start_count(&k),
-        1,
-        "triggers must not restart the loop:\n{log:?}"
-    );
-    let epoch = log.starts(&k)[0].epoch;
-    assert!(log.of(&k).all(|r| r.epoch == epoch));
-    drop(log);
+    {
+        let log = case.recorder.lock();
+        assert_eq!(
+            log.start_count(&k),
+            1,
+            "triggers must not restart the loop:\n{log:?}"
+        );
+        let epoch = log.starts(&k)[0].epoch;
+        assert!(log.of(&k).all(|r| r.epoch == epoch));
+    }
     case.recorder.assert_consistent();
 }
 
@@ -144,13 +145,14 @@ pub async fn trigger_reaches_owner_on_other_node(harness: &dyn Harness) {
         log.count(&k, |h| *h == Happening::TriggerObserved) >= 2
     })
     .await;
-    let log = case.recorder.lock();
-    assert_eq!(log.start_count(&k), 1, "{log:?}");
-    assert!(
-        log.of(&k).all(|r| r.node == "a"),
-        "only a may run the key:\n{log:?}"
-    );
-    drop(log);
+    {
+        let log = case.recorder.lock();
+        assert_eq!(log.start_count(&k), 1, "{log:?}");
+        assert!(
+            log.of(&k).all(|r| r.node == "a"),
+            "only a may run the key:\n{log:?}"
+        );
+    }
     case.recorder.assert_consistent();
 }
 
@@ -187,14 +189,15 @@ pub async fn burst_of_triggers_coalesces(harness: &dyn Harness) {
         log.count(&k, |h| *h == Happening::TriggerObserved) > seen
     })
     .await;
-    let log = case.recorder.lock();
-    let wakes = log.count(&k, |h| *h == Happening::TriggerObserved);
-    assert!(
-        wakes <= 5,
-        "{BURST} triggers while busy plus one woke the loop {wakes} times; they must coalesce:\n{log:?}"
-    );
-    assert_eq!(log.start_count(&k), 1, "{log:?}");
-    drop(log);
+    {
+        let log = case.recorder.lock();
+        let wakes = log.count(&k, |h| *h == Happening::TriggerObserved);
+        assert!(
+            wakes <= 5,
+            "{BURST} triggers while busy plus one woke the loop {wakes} times; they must coalesce:\n{log:?}"
+        );
+        assert_eq!(log.start_count(&k), 1, "{log:?}");
+    }
     case.recorder.assert_consistent();
 }
 
@@ -408,23 +411,24 @@ pub async fn continue_hands_key_to_other_node(harness: &dyn Harness) {
         log.start_count(&k) == 2
     })
     .await;
-    let log = case.recorder.lock();
-    let starts = log.starts(&k);
-    let end = log
-        .last(&k, |h| *h == Happening::End(Decision::Continue))
-        .expect("the first run returned Continue");
-    assert_ne!(
-        starts[1].node, starts[0].node,
-        "another node takes it:\n{log:?}"
-    );
-    assert!(starts[1].epoch > starts[0].epoch);
-    let waited = starts[1].at - end.at;
-    assert!(
-        waited < case.ttl / 2,
-        "handoff after Continue took {waited:?}; it must not wait for a TTL ({:?}):\n{log:?}",
-        case.ttl
-    );
-    drop(log);
+    {
+        let log = case.recorder.lock();
+        let starts = log.starts(&k);
+        let end = log
+            .last(&k, |h| *h == Happening::End(Decision::Continue))
+            .expect("the first run returned Continue");
+        assert_ne!(
+            starts[1].node, starts[0].node,
+            "another node takes it:\n{log:?}"
+        );
+        assert!(starts[1].epoch > starts[0].epoch);
+        let waited = starts[1].at - end.at;
+        assert!(
+            waited < case.ttl / 2,
+            "handoff after Continue took {waited:?}; it must not wait for a TTL ({:?}):\n{log:?}",
+            case.ttl
+        );
+    }
     case.recorder.assert_consistent();
 }
 
@@ -446,21 +450,22 @@ pub async fn continue_on_single_node_runs_again(harness: &dyn Harness) {
         log.start_count(&k) == 2
     })
     .await;
-    let log = case.recorder.lock();
-    let starts = log.starts(&k);
-    let end = log
-        .last(&k, |h| *h == Happening::End(Decision::Continue))
-        .expect("the first run returned Continue");
-    assert!(
-        starts[1].epoch > starts[0].epoch,
-        "a reclaim is a new acquisition:\n{log:?}"
-    );
-    let waited = starts[1].at - end.at;
-    assert!(
-        waited >= avoid,
-        "the node took its continued key back after {waited:?}, before avoid_for {avoid:?}:\n{log:?}"
-    );
-    drop(log);
+    {
+        let log = case.recorder.lock();
+        let starts = log.starts(&k);
+        let end = log
+            .last(&k, |h| *h == Happening::End(Decision::Continue))
+            .expect("the first run returned Continue");
+        assert!(
+            starts[1].epoch > starts[0].epoch,
+            "a reclaim is a new acquisition:\n{log:?}"
+        );
+        let waited = starts[1].at - end.at;
+        assert!(
+            waited >= avoid,
+            "the node took its continued key back after {waited:?}, before avoid_for {avoid:?}:\n{log:?}"
+        );
+    }
     case.recorder.assert_consistent();
 }
 
@@ -552,13 +557,14 @@ pub async fn epochs_strictly_increase_across_owners(harness: &dyn Harness) {
         .await
         .expect("trigger");
     case.wait("six runs", |log| log.start_count(&k) == 6).await;
-    let log = case.recorder.lock();
-    let epochs: Vec<_> = log.starts(&k).iter().map(|r| r.epoch).collect();
-    assert!(
-        epochs.windows(2).all(|w| w[1] > w[0]),
-        "epochs must strictly increase: {epochs:?}\n{log:?}"
-    );
-    drop(log);
+    {
+        let log = case.recorder.lock();
+        let epochs: Vec<_> = log.starts(&k).iter().map(|r| r.epoch).collect();
+        assert!(
+            epochs.windows(2).all(|w| w[1] > w[0]),
+            "epochs must strictly increase: {epochs:?}\n{log:?}"
+        );
+    }
     case.recorder.assert_consistent();
 }
 
