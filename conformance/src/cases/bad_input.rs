@@ -4,6 +4,9 @@ use keyloop_core::{Error, InvalidKey, Key, KeyStatus, MAX_KEY_BYTES};
 
 use crate::{Case, Happening, Harness, key};
 
+/// Checks the error of one invalid key.
+type Expected = fn(&InvalidKey) -> bool;
+
 /// Invalid keys are typed errors everywhere, register nothing and disturb nothing; keys
 /// right at the length limit work end to end.
 pub async fn invalid_keys_rejected(harness: &dyn Harness) {
@@ -17,7 +20,7 @@ pub async fn invalid_keys_rejected(harness: &dyn Harness) {
 
     let too_long = "x".repeat(MAX_KEY_BYTES + 1);
     let too_long_multibyte = format!("{}x", "é".repeat(MAX_KEY_BYTES / 2));
-    let bad: Vec<(&str, &str, fn(&InvalidKey) -> bool)> = vec![
+    let bad: Vec<(&str, &str, Expected)> = vec![
         ("empty", "", |e| *e == InvalidKey::Empty),
         ("NUL", "a\0b", |e| {
             matches!(
