@@ -1,0 +1,728 @@
+//! Consul-specific behaviour of the coordinator, against the emulator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use keyloop_consul::{ConsulConfig, ConsulCoordinator};
+use keyloop_consul_emulator::{Control, Emulator, EmulatorConfig, FaultKind, Target};
+use keyloop_core::{
+    Coordinator, CoordinatorError, CoordinatorEvent, Decision, Engine, Epoch, EventSink, Key,
+    NodeId, NodeInfo, Release, Released, ShutdownReason, TriggerSeq, controller_fn,
+};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+const TTL: Duration = Duration::from_millis(600);
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn emulator() -> Emulator {
+    let config = EmulatorConfig::builder()
+        .min_session_ttl(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    Emulator::start_with(config).await.unwrap()
+}
+
+fn coordinator(emu: &Emulator, lock_delay: Duration) -> ConsulCoordinator {
+    let config = ConsulConfig::builder(emu.url())
+        .prefix("t")
+        .lock_delay(lock_delay)
+        .watch_wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    ConsulCoordinator::new(config)
+}
+
+struct Node {
+    id: NodeId,
+    events: mpsc::UnboundedReceiver<CoordinatorEvent>,
+}
+
+async fn join(c: &ConsulCoordinator, name: &str) -> Node {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let info = NodeInfo {
+        id: NodeId::random(),
+        name: name.to_string(),
+    };
+    c.join(
+        &info,
+        TTL,
+        EventSink::new(move |e| {
+            let _ = tx.send(e);
+        }),
+    )
+    .await
+    .unwrap();
+    Node {
+        id: info.id,
+        events: rx,
+    }
+}
+
+/// Waits for an event matching `pred`.
+async fn expect_event(node: &mut Node, what: &str, pred: impl Fn(&CoordinatorEvent) -> bool) {
+    let found = timeout(WAIT, async {
+        while let Some(e) = node.events.recv().await {
+            if pred(&e) {
+                return;
+            }
+        }
+        panic!("event stream ended");
+    })
+    .await;
+    assert!(found.is_ok(), "no {what} event within {WAIT:?}");
+}
+
+fn key(s: &str) -> Key {
+    Key::new(s).unwrap()
+}
+
+fn session(c: &ConsulCoordinator, n: &Node) -> String {
+    c.session_of(&n.id).unwrap()
+}
+
+/// Keeps claiming until `key` is claimed or `limit` passes.
+async fn claim_within(
+    c: &ConsulCoordinator,
+    node: &NodeId,
+    k: &Key,
+    limit: Duration,
+) -> Option<(Epoch, Duration)> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(claim) = c
+            .claim(node, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|cl| &cl.key == k)
+        {
+            return Some((claim.epoch, start.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn handoff_does_not_wait_for_lock_delay() {
+    let emu = emulator().await;
+    // A 30 s lock-delay: any handoff that went through session invalidation would stall.
+    let a_coord = coordinator(&emu, Duration::from_secs(30));
+    let b_coord = coordinator(&emu, Duration::from_secs(30));
+    let a = join(&a_coord, "a").await;
+    let b = join(&b_coord, "b").await;
+    let k1 = key("handoff/1");
+    let k2 = key("handoff/2");
+    a_coord.trigger(&k1).await.unwrap();
+    a_coord.trigger(&k2).await.unwrap();
+    let claimed = a_coord.claim(&a.id, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+
+    // Continue: released at once.
+    let c1 = claimed.iter().find(|c| c.key == k1).unwrap();
+    let r = a_coord
+        .release(
+            &a.id,
+            &k1,
+            c1.epoch,
+            Release::Continue {
+                avoid_for: Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Released::Released);
+    let (e1, took) = claim_within(&b_coord, &b.id, &k1, Duration::from_secs(2))
+        .await
+        .expect("continue handoff");
+    assert!(e1 > c1.epoch);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // Leave: releases before destroying the session.
+    a_coord.leave(&a.id).await.unwrap();
+    let (_, took) = claim_within(&b_coord, &b.id, &k2, Duration::from_secs(2))
+        .await
+        .expect("leave handoff");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(
+        emu.control()
+            .sessions()
+            .iter()
+            .all(|s| s.name != format!("keyloop {}", a.id)),
+        "session destroyed"
+    );
+}
+
+#[tokio::test]
+async fn lock_delay_does_apply_after_an_invalidated_session() {
+    // The counterpart of the test above: proves the emulator would have caught a handoff
+    // that destroyed the session with keys still held.
+    let emu = emulator().await;
+    let a_coord = coordinator(&emu, Duration::from_secs(30));
+    let b_coord = coordinator(&emu, Duration::ZERO);
+    let a = join(&a_coord, "a").await;
+    let b = join(&b_coord, "b").await;
+    let k = key("delayed");
+    a_coord.trigger(&k).await.unwrap();
+    assert_eq!(a_coord.claim(&a.id, 10).await.unwrap().len(), 1);
+    assert!(emu.control().destroy_session(&session(&a_coord, &a)));
+    assert_eq!(
+        claim_within(&b_coord, &b.id, &k, Duration::from_millis(700)).await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_session_destroyed_from_outside_is_reported_lost() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let mut a = join(&c, "a").await;
+    let k = key("x");
+    c.trigger(&k).await.unwrap();
+    let claim = c.claim(&a.id, 1).await.unwrap().pop().unwrap();
+    assert!(emu.control().destroy_session(&session(&c, &a)));
+    let err = c.heartbeat(&a.id).await.unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::LeaseExpired { node } if node == a.id),
+        "{err}"
+    );
+    expect_event(&mut a, "OwnershipLost(all)", |e| {
+        matches!(e, CoordinatorEvent::OwnershipLost { key: None })
+    })
+    .await;
+    let err = c
+        .save_state(&a.id, &k, claim.epoch, Bytes::from_static(b"zombie"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CoordinatorError::Fenced { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_session_destroyed_from_outside_stops_the_nodes_loops() {
+    let emu = emulator().await;
+    let coord: Arc<dyn Coordinator> = Arc::new(coordinator(&emu, Duration::ZERO));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let engine = Engine::builder(
+        coord,
+        controller_fn(move |key: Key, ctx| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(format!("started {key}"));
+                let reason = ctx.shutdown().await;
+                let _ = tx.send(format!("stopped {key} {reason:?}"));
+                Ok(Decision::Continue)
+            }
+        }),
+    )
+    .node_name("victim")
+    .lease_ttl(Duration::from_millis(900))
+    .start()
+    .await
+    .unwrap();
+    engine.trigger("loop/1").await.unwrap();
+    let started = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(started, "started loop/1");
+    let sessions = emu.control().sessions();
+    assert_eq!(sessions.len(), 1);
+    assert!(emu.control().destroy_session(&sessions[0].id));
+    let stopped = timeout(WAIT, rx.recv())
+        .await
+        .expect("loop stopped")
+        .unwrap();
+    assert_eq!(
+        stopped,
+        format!("stopped loop/1 {:?}", ShutdownReason::OwnershipLost)
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn index_going_backwards_or_resetting_resyncs_without_losing_triggers() {
+    for fault in [
+        FaultKind::IndexBackwards,
+        FaultKind::IndexReset,
+        FaultKind::IndexZero,
+    ] {
+        let emu = emulator().await;
+        let c = coordinator(&emu, Duration::ZERO);
+        let mut a = join(&c, "a").await;
+        let k = key("resync/k");
+        c.trigger(&k).await.unwrap();
+        let claim = c.claim(&a.id, 1).await.unwrap().pop().unwrap();
+        // Let the watch settle into a blocking query, then make its next answer misbehave.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        emu.control().inject(fault, 1, Target::Blocking);
+        let t = c.trigger(&k).await.unwrap();
+        assert!(t.seq > claim.trigger_seq);
+        expect_event(&mut a, "Resync", |e| matches!(e, CoordinatorEvent::Resync)).await;
+        assert_eq!(emu.control().pending_faults(), 0, "{fault:?} was served");
+        // What the engine does on Resync: re-read what it owns. The trigger is there.
+        let owned = c.owned(&a.id).await.unwrap();
+        assert_eq!(owned.len(), 1);
+        assert_eq!(owned[0].trigger_seq, t.seq, "{fault:?}");
+        assert_eq!(owned[0].epoch, claim.epoch);
+        // And Complete at the old sequence does not retire the key.
+        let r = c
+            .release(
+                &a.id,
+                &k,
+                claim.epoch,
+                Release::Complete {
+                    observed_seq: claim.trigger_seq,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, Released::Retriggered { seq: t.seq });
+    }
+}
+
+#[tokio::test]
+async fn watch_failures_resync_and_triggers_still_arrive() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let mut a = join(&c, "a").await;
+    let k = key("flaky");
+    c.trigger(&k).await.unwrap();
+    c.claim(&a.id, 1).await.unwrap().pop().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    emu.control()
+        .inject(FaultKind::DropConnection, 1, Target::Blocking);
+    emu.control().inject(
+        FaultKind::Error500,
+        2,
+        Target::PathPrefix("/v1/kv/t/pend/".into()),
+    );
+    let t = c.trigger(&k).await.unwrap();
+    let seq = t.seq;
+    expect_event(
+        &mut a,
+        "Triggered",
+        |e| matches!(e, CoordinatorEvent::Triggered { seq: s, .. } if *s == seq),
+    )
+    .await;
+    expect_event(&mut a, "Resync", |e| matches!(e, CoordinatorEvent::Resync)).await;
+}
+
+#[tokio::test]
+async fn triggers_reach_the_owner_and_are_consumed() {
+    let emu = emulator().await;
+    let owner_c = coordinator(&emu, Duration::ZERO);
+    let other_c = coordinator(&emu, Duration::ZERO);
+    let mut owner = join(&owner_c, "owner").await;
+    let k = key("notify me");
+    let first = other_c.trigger(&k).await.unwrap();
+    assert!(first.registered);
+    assert_eq!(first.owner, None);
+    let claim = owner_c.claim(&owner.id, 5).await.unwrap().pop().unwrap();
+    assert_eq!(claim.trigger_seq, first.seq);
+    let t = other_c.trigger(&k).await.unwrap();
+    assert!(!t.registered);
+    assert_eq!(t.owner, Some(owner.id));
+    let seq = t.seq;
+    expect_event(&mut owner, "Triggered", |e| matches!(e, CoordinatorEvent::Triggered { key, seq: s } if key.as_str() == "notify me" && *s == seq)).await;
+    let deadline = Instant::now() + WAIT;
+    while !emu
+        .control()
+        .kv_keys("t/pend/")
+        .iter()
+        .all(|k| k.ends_with("~avail"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "marker never consumed: {:?}",
+            emu.control().kv_keys("t/pend/")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn binary_state_roundtrips() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let k = key("bin");
+    c.trigger(&k).await.unwrap();
+    let claim = c.claim(&a.id, 1).await.unwrap().pop().unwrap();
+    assert_eq!(c.load_state(&k).await.unwrap(), None);
+    let all: Bytes = (0..=255u8).cycle().take(4096).collect::<Vec<_>>().into();
+    c.save_state(&a.id, &k, claim.epoch, all.clone())
+        .await
+        .unwrap();
+    assert_eq!(c.load_state(&k).await.unwrap(), Some(all));
+    let max = c.limits().max_state_bytes;
+    let biggest = Bytes::from(vec![0xA5u8; max]);
+    c.save_state(&a.id, &k, claim.epoch, biggest.clone())
+        .await
+        .unwrap();
+    assert_eq!(c.load_state(&k).await.unwrap(), Some(biggest));
+}
+
+#[tokio::test]
+async fn oversized_state_is_a_typed_error_before_any_request() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let k = key("big");
+    c.trigger(&k).await.unwrap();
+    let claim = c.claim(&a.id, 1).await.unwrap().pop().unwrap();
+    c.save_state(&a.id, &k, claim.epoch, Bytes::from_static(b"small"))
+        .await
+        .unwrap();
+    let max = c.limits().max_state_bytes;
+    for size in [max + 1, 512 * 1024 + 1] {
+        let before = emu
+            .control()
+            .request_counts()
+            .get("PUT /v1/txn")
+            .copied()
+            .unwrap_or(0);
+        let err = c
+            .save_state(&a.id, &k, claim.epoch, Bytes::from(vec![1u8; size]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, CoordinatorError::StateTooLarge { size: s, max: m, .. } if s == size && m == max),
+            "{err}"
+        );
+        assert_eq!(
+            emu.control()
+                .request_counts()
+                .get("PUT /v1/txn")
+                .copied()
+                .unwrap_or(0),
+            before
+        );
+    }
+    assert_eq!(
+        c.load_state(&k).await.unwrap(),
+        Some(Bytes::from_static(b"small"))
+    );
+}
+
+#[tokio::test]
+async fn keys_needing_url_encoding_work_everywhere() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let names = [
+        "with space",
+        "what?x=1&y",
+        "100%",
+        "ключ/🚀",
+        ".",
+        "..",
+        "a/../b",
+        "#frag",
+        "~avail",
+        "pend/x",
+    ];
+    for n in names {
+        let k = key(n);
+        assert!(c.trigger(&k).await.unwrap().registered, "{n}");
+    }
+    let claims = c.claim(&a.id, 100).await.unwrap();
+    assert_eq!(claims.len(), names.len());
+    for cl in &claims {
+        let value = Bytes::from(format!("state of {}", cl.key));
+        c.save_state(&a.id, &cl.key, cl.epoch, value.clone())
+            .await
+            .unwrap();
+        assert_eq!(c.load_state(&cl.key).await.unwrap(), Some(value));
+        let info = c.key_info(&cl.key).await.unwrap().unwrap();
+        assert_eq!((info.owner, info.epoch), (Some(a.id), Some(cl.epoch)));
+    }
+    let snapshot = c.inspect().await.unwrap();
+    let mut listed: Vec<&str> = snapshot.keys.iter().map(|k| k.key.as_str()).collect();
+    let mut expected = names.to_vec();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(snapshot.nodes.len(), 1);
+    assert!(snapshot.nodes[0].alive);
+    assert_eq!(snapshot.nodes[0].name, "a");
+    for cl in claims {
+        let r = c
+            .release(
+                &a.id,
+                &cl.key,
+                cl.epoch,
+                Release::Complete {
+                    observed_seq: cl.trigger_seq,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, Released::Retired, "{}", cl.key);
+        assert_eq!(c.key_info(&cl.key).await.unwrap(), None);
+        assert_eq!(c.load_state(&cl.key).await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn fencing_and_epochs() {
+    let emu = emulator().await;
+    let a_c = coordinator(&emu, Duration::ZERO);
+    let b_c = coordinator(&emu, Duration::ZERO);
+    let a = join(&a_c, "a").await;
+    let b = join(&b_c, "b").await;
+    let k = key("fenced");
+    let t0 = a_c.trigger(&k).await.unwrap();
+    let c1 = a_c.claim_key(&a.id, &k).await.unwrap().unwrap();
+    assert_eq!(c1.trigger_seq, t0.seq);
+    assert_eq!(
+        a_c.claim_key(&a.id, &k).await.unwrap(),
+        Some(c1.clone()),
+        "existing claim returned"
+    );
+    assert_eq!(b_c.claim_key(&b.id, &k).await.unwrap(), None, "held by a");
+    a_c.release(
+        &a.id,
+        &k,
+        c1.epoch,
+        Release::Continue {
+            avoid_for: Duration::from_secs(30),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        a_c.claim(&a.id, 10).await.unwrap().is_empty(),
+        "a avoids the key it handed off"
+    );
+    let c2 = b_c.claim(&b.id, 10).await.unwrap().pop().unwrap();
+    assert!(c2.epoch > c1.epoch);
+    for err in [
+        a_c.save_state(&a.id, &k, c1.epoch, Bytes::new())
+            .await
+            .unwrap_err(),
+        a_c.release(
+            &a.id,
+            &k,
+            c1.epoch,
+            Release::Continue {
+                avoid_for: Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap_err(),
+        b_c.save_state(&b.id, &k, c1.epoch, Bytes::new())
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(matches!(err, CoordinatorError::Fenced { .. }), "{err}");
+    }
+    // Complete with the current sequence retires; a later trigger re-registers with higher
+    // sequence and, once claimed, a higher epoch.
+    let r = b_c
+        .release(
+            &b.id,
+            &k,
+            c2.epoch,
+            Release::Complete {
+                observed_seq: c2.trigger_seq,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Released::Retired);
+    let t1 = a_c.trigger(&k).await.unwrap();
+    assert!(t1.registered && t1.seq > c2.trigger_seq);
+    let c3 = b_c.claim_key(&b.id, &k).await.unwrap().unwrap();
+    assert!(c3.epoch > c2.epoch);
+    // Park: not claimable until triggered again.
+    b_c.release(
+        &b.id,
+        &k,
+        c3.epoch,
+        Release::Park {
+            error: "boom".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b_c.key_info(&k).await.unwrap().unwrap().parked.as_deref(),
+        Some("boom")
+    );
+    assert!(b_c.claim(&b.id, 10).await.unwrap().is_empty());
+    assert_eq!(b_c.claim_key(&b.id, &k).await.unwrap(), None);
+    b_c.trigger(&k).await.unwrap();
+    let c4 = claim_within(&b_c, &b.id, &k, Duration::from_secs(3))
+        .await
+        .expect("unparked");
+    assert!(c4.0 > c3.epoch);
+}
+
+#[tokio::test]
+async fn expired_session_fences_without_takeover() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let k = key("expire");
+    c.trigger(&k).await.unwrap();
+    let claim = c.claim(&a.id, 1).await.unwrap().pop().unwrap();
+    // No heartbeats: the emulator reaps the session between TTL and 2×TTL.
+    let deadline = Instant::now() + WAIT;
+    while !emu.control().sessions().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = c
+        .save_state(&a.id, &k, claim.epoch, Bytes::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CoordinatorError::Fenced { .. }), "{err}");
+    let err = c.heartbeat(&a.id).await.unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::LeaseExpired { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn complete_with_an_older_sequence_is_retriggered() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let k = key("rerun");
+    c.trigger(&k).await.unwrap();
+    let claim = c.claim(&a.id, 1).await.unwrap().pop().unwrap();
+    let t = c.trigger(&k).await.unwrap();
+    let r = c
+        .release(
+            &a.id,
+            &k,
+            claim.epoch,
+            Release::Complete {
+                observed_seq: claim.trigger_seq,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Released::Retriggered { seq: t.seq });
+    let r = c
+        .release(
+            &a.id,
+            &k,
+            claim.epoch,
+            Release::Complete {
+                observed_seq: t.seq,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Released::Retired);
+    assert_eq!(c.key_info(&k).await.unwrap(), None);
+    let _ = TriggerSeq(0);
+}
+
+#[tokio::test]
+async fn concurrent_claimers_get_disjoint_keys() {
+    let emu = emulator().await;
+    let coords: Vec<Arc<ConsulCoordinator>> = (0..3)
+        .map(|_| Arc::new(coordinator(&emu, Duration::ZERO)))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, c) in coords.iter().enumerate() {
+        nodes.push(join(c, &format!("n{i}")).await.id);
+    }
+    for i in 0..200 {
+        coords[0].trigger(&key(&format!("d/{i}"))).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for (c, n) in coords.iter().zip(&nodes) {
+        let c = c.clone();
+        let n = *n;
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..40 {
+                mine.extend(c.claim(&n, 7).await.unwrap().into_iter().map(|cl| cl.key));
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), total, "a key was claimed twice");
+    assert_eq!(total, 200);
+}
+
+/// Prints how many HTTP requests each operation costs (for BENCHMARKS.md) and pins the
+/// counts on the caller's side.
+#[tokio::test]
+async fn request_counts_per_operation() {
+    let emu = emulator().await;
+    let ctl: Control = emu.control();
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let delta = |before: u64| ctl.request_total() - before;
+
+    let k = key("count");
+    let txns = |ctl: &Control| {
+        ctl.request_counts()
+            .get("PUT /v1/txn")
+            .copied()
+            .unwrap_or(0)
+    };
+    let gets = |ctl: &Control| ctl.request_counts().get("GET /v1/kv").copied().unwrap_or(0);
+    let (txn_before, get_before) = (txns(&ctl), gets(&ctl));
+    c.trigger(&k).await.unwrap();
+    let trigger_unowned = txns(&ctl) - txn_before;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let watch_answers_unowned = gets(&ctl) - get_before;
+
+    // A claim right after a trigger re-lists (the watch marked the list stale).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = ctl.request_total();
+    let claims = c.claim(&a.id, 1).await.unwrap();
+    let claim_requests = delta(before);
+    assert_eq!(claims.len(), 1);
+
+    let before = ctl.request_total();
+    c.heartbeat(&a.id).await.unwrap();
+    let heartbeat = delta(before);
+
+    let other = coordinator(&emu, Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let counts_before = ctl.request_counts();
+    let before = ctl.request_total();
+    other.trigger(&k).await.unwrap();
+    let trigger_owned_caller = delta(before);
+    // Let the owner's watch answer and consume the marker.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts_after = ctl.request_counts();
+    let diff = |name: &str| {
+        counts_after.get(name).copied().unwrap_or(0) - counts_before.get(name).copied().unwrap_or(0)
+    };
+    let trigger_owned_total = diff("PUT /v1/txn") + diff("GET /v1/kv");
+
+    let before = ctl.request_total();
+    c.save_state(&a.id, &k, claims[0].epoch, Bytes::from_static(b"s"))
+        .await
+        .unwrap();
+    let save = delta(before);
+
+    println!("requests: watch answers per unowned trigger (1 node)={watch_answers_unowned}");
+    println!(
+        "requests: trigger(unowned)={trigger_unowned} trigger(owned) caller={trigger_owned_caller} system={trigger_owned_total} claim(1 key)={claim_requests} heartbeat={heartbeat} save_state={save}"
+    );
+    assert_eq!(trigger_unowned, 2);
+    assert_eq!(trigger_owned_caller, 1);
+    assert_eq!(claim_requests, 2, "one listing and one transaction");
+    assert_eq!(heartbeat, 1);
+    assert_eq!(save, 1);
+    assert!(
+        (2..=4).contains(&trigger_owned_total),
+        "{trigger_owned_total}"
+    );
+}
