@@ -96,8 +96,9 @@ impl Core {
         // The generator never goes backwards, even after a crash; the max only guards a
         // record written by a build with another id source.
         record.epoch = self.next_id()?.max(record.epoch.saturating_add(1));
-        record.owner = Some(*node);
+        let previous = record.owner.replace(*node);
         self.write(key.as_str(), &record)?;
+        self.index.acquired(key, *node, previous);
         Ok(Claim {
             key: key.clone(),
             epoch: Epoch(record.epoch),
@@ -162,6 +163,7 @@ impl Coordinator for SledCoordinator {
         // table is dead, so its records are claimable at once and its fenced writes fail.
         // This keeps `leave` O(1) whatever the registry size.
         if core.nodes.leave(node) {
+            core.index.free_dead(|n| core.nodes.is_alive(n));
             let mut out = Outbox::default();
             core.nodes.to_all(CoordinatorEvent::KeysAvailable, &mut out);
             out.send();
@@ -187,6 +189,9 @@ impl Coordinator for SledCoordinator {
             record.parked = None;
             core.write(key.as_str(), &record)?;
             let live_owner = record.owner.filter(|o| core.nodes.is_alive(o));
+            if live_owner.is_none() {
+                core.index.set_free(key);
+            }
             (
                 TriggerOutcome {
                     seq: TriggerSeq(record.trigger_seq),
@@ -219,33 +224,40 @@ impl Coordinator for SledCoordinator {
         if max == 0 {
             return Ok(Vec::new());
         }
+        core.index.free_dead(|n| core.nodes.is_alive(n));
         let avoided = core.nodes.avoided(node);
-        let live = core.nodes.live();
         let now = Instant::now();
         let mut claims = Vec::new();
-        for entry in core.records() {
-            let (key, record) = entry?;
-            // Cheap filter on the scanned copy; re-checked under the key's stripe.
-            if record.parked.is_some() || record.owner.is_some_and(|o| live.contains(&o)) {
-                continue;
-            }
-            if avoided.get(&key).is_some_and(|until| *until > now) {
-                continue;
-            }
-            let _stripe = core.stripe(key.as_str());
-            let Some(record) = core.read(key.as_str())? else {
-                continue;
-            };
-            if !core.claimable(&record) {
-                continue;
-            }
-            if !core.nodes.is_alive(node) {
-                // Expired mid-scan: what it got so far is worthless, as its lease is gone.
-                return Err(CoordinatorError::LeaseExpired { node: *node });
-            }
-            claims.push(core.acquire(node, &key, record)?);
-            if claims.len() == max {
+        let mut after: Option<Key> = None;
+        'scan: loop {
+            let batch = core
+                .index
+                .candidates(after.as_ref(), max.clamp(16, 1024) + avoided.len());
+            let Some(last) = batch.last() else {
                 break;
+            };
+            after = Some(last.clone());
+            for key in batch {
+                if avoided.get(&key).is_some_and(|until| *until > now) {
+                    continue;
+                }
+                let _stripe = core.stripe(key.as_str());
+                let record = match core.read(key.as_str())? {
+                    Some(record) if core.claimable(&record) => record,
+                    // A stale hint: retired, parked or owned again since.
+                    _ => {
+                        core.index.drop_free(&key);
+                        continue;
+                    }
+                };
+                if !core.nodes.is_alive(node) {
+                    // Expired mid-claim: what it got so far is worthless, as its lease is gone.
+                    return Err(CoordinatorError::LeaseExpired { node: *node });
+                }
+                claims.push(core.acquire(node, &key, record)?);
+                if claims.len() == max {
+                    break 'scan;
+                }
             }
         }
         if !claims.is_empty() {
@@ -313,11 +325,13 @@ impl Coordinator for SledCoordinator {
                     core.tree
                         .apply_batch(batch)
                         .map_err(|e| core.err("retire", e))?;
+                    core.index.remove(key, Some(*node));
                     Released::Retired
                 }
                 Release::Continue { avoid_for } => {
                     record.owner = None;
                     core.write(key.as_str(), &record)?;
+                    core.index.released(key, *node);
                     if !avoid_for.is_zero() {
                         core.nodes
                             .avoid(node, key.clone(), Instant::now() + avoid_for);
@@ -329,6 +343,7 @@ impl Coordinator for SledCoordinator {
                     record.owner = None;
                     record.parked = Some(error);
                     core.write(key.as_str(), &record)?;
+                    core.index.remove(key, Some(*node));
                     Released::Released
                 }
                 // `Release` is non-exhaustive for callers; this build knows every variant.
@@ -354,15 +369,19 @@ impl Coordinator for SledCoordinator {
     async fn owned(&self, node: &NodeId) -> Result<Vec<Claim>, CoordinatorError> {
         let core = self.core();
         core.require_alive(node)?;
-        let mut claims = Vec::new();
-        for entry in core.records() {
-            let (key, record) = entry?;
-            if record.owner == Some(*node) {
-                claims.push(Claim {
-                    key,
-                    epoch: Epoch(record.epoch),
-                    trigger_seq: TriggerSeq(record.trigger_seq),
-                });
+        let mut keys = core.index.owned_by(node);
+        keys.sort();
+        let mut claims = Vec::with_capacity(keys.len());
+        for key in keys {
+            // The record is the truth; the index only says where to look.
+            if let Some(record) = core.read(key.as_str())? {
+                if record.owner == Some(*node) {
+                    claims.push(Claim {
+                        key,
+                        epoch: Epoch(record.epoch),
+                        trigger_seq: TriggerSeq(record.trigger_seq),
+                    });
+                }
             }
         }
         Ok(claims)

@@ -77,6 +77,14 @@ pub enum SledError {
         /// What was found instead.
         detail: String,
     },
+    /// A stored record could not be decoded (damage or a foreign writer).
+    #[error("sled database at {path} holds a damaged record: {detail}")]
+    Corrupt {
+        /// The directory.
+        path: PathBuf,
+        /// What could not be decoded.
+        detail: String,
+    },
     /// The directory could not be created or resolved.
     #[error("cannot use directory {path}")]
     Io {

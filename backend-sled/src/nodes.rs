@@ -79,18 +79,6 @@ impl Nodes {
             .is_some_and(|e| e.expires > now)
     }
 
-    /// The ids of every live node, for a claim scan (re-checked under the key's lock).
-    pub(crate) fn live(&self) -> Vec<NodeId> {
-        let now = Instant::now();
-        self.map
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, e)| e.expires > now)
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
     pub(crate) fn avoid(&self, node: &NodeId, key: Key, until: Instant) {
         if let Some(entry) = self.map.lock().unwrap().get_mut(node) {
             entry.avoid.insert(key, until);
@@ -179,7 +167,6 @@ mod tests {
         assert!(nodes.is_alive(&a.id));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!nodes.is_alive(&a.id));
-        assert!(nodes.live().is_empty());
         assert_eq!(nodes.heartbeat(&a.id), None);
         assert!(!nodes.is_alive(&a.id));
         assert!(nodes.snapshot().is_empty(), "expired node is forgotten");

@@ -9,6 +9,7 @@ use keyloop_core::CoordinatorError;
 
 use crate::config::Location;
 use crate::error::backend_error;
+use crate::index::Index;
 use crate::nodes::Nodes;
 use crate::schema::{self, FormatCheck};
 use crate::{Durability, SledConfig, SledCoordinator, SledError};
@@ -49,6 +50,7 @@ pub(crate) struct Core {
     /// For messages: the directory, or `temporary`.
     pub(crate) label: String,
     pub(crate) nodes: Nodes,
+    pub(crate) index: Index,
     stripes: Vec<Mutex<()>>,
     recovered: bool,
 }
@@ -178,12 +180,17 @@ impl SledStore {
         }
         let tree = db.open_tree(schema::REGISTRY_TREE).map_err(sled_err)?;
         let recovered = db.was_recovered();
+        let index = build_index(&tree).map_err(|detail| SledError::Corrupt {
+            path: path.clone(),
+            detail,
+        })?;
         let core = Core {
             db,
             tree,
             config,
             label,
             nodes: Nodes::default(),
+            index,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             recovered,
         };
@@ -231,6 +238,27 @@ impl SledStore {
     pub async fn flush(&self) -> Result<(), CoordinatorError> {
         self.core().flush_now().await
     }
+}
+
+/// The claim hints of a database just opened: every registered key that is not parked is
+/// claimable, since no owner from before this open is alive.
+fn build_index(tree: &sled::Tree) -> Result<Index, String> {
+    let index = Index::default();
+    for item in tree.scan_prefix([schema::RECORD_PREFIX]) {
+        let (raw_key, raw) = item.map_err(|e| format!("scan failed: {e}"))?;
+        let key = keyloop_core::Key::from_utf8(&raw_key[1..]).map_err(|e| {
+            format!(
+                "stored key {:?}: {e}",
+                String::from_utf8_lossy(&raw_key[1..])
+            )
+        })?;
+        let record =
+            schema::Record::decode(&raw).map_err(|e| format!("record of key {key:?}: {e}"))?;
+        if record.parked.is_none() {
+            index.set_free(&key);
+        }
+    }
+    Ok(index)
 }
 
 fn open_error(path: &Path, source: sled::Error) -> SledError {

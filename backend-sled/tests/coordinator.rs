@@ -3,12 +3,66 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyloop_conformance::DirectNode;
 use keyloop_core::{
     Bytes, Coordinator, CoordinatorError, CoordinatorEvent, Epoch, Key, Release, Released,
     TriggerSeq,
 };
 use keyloop_sled::{SledConfig, SledStore};
+
+/// A node joined by hand, recording its events.
+struct DirectNode {
+    id: keyloop_core::NodeId,
+    coordinator: Arc<dyn Coordinator>,
+    events: Arc<std::sync::Mutex<Vec<CoordinatorEvent>>>,
+    keepalive: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for DirectNode {
+    fn drop(&mut self) {
+        if let Some(task) = self.keepalive.take() {
+            task.abort();
+        }
+    }
+}
+
+impl DirectNode {
+    async fn join(coordinator: Arc<dyn Coordinator>, name: &str, ttl: Duration) -> DirectNode {
+        let info = keyloop_core::NodeInfo {
+            id: keyloop_core::NodeId::random(),
+            name: name.into(),
+        };
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = {
+            let events = Arc::clone(&events);
+            keyloop_core::EventSink::new(move |e| events.lock().unwrap().push(e))
+        };
+        coordinator.join(&info, ttl, sink).await.unwrap();
+        DirectNode {
+            id: info.id,
+            coordinator,
+            events,
+            keepalive: None,
+        }
+    }
+
+    fn id(&self) -> keyloop_core::NodeId {
+        self.id
+    }
+
+    fn events(&self) -> Vec<CoordinatorEvent> {
+        self.events.lock().unwrap().clone()
+    }
+
+    fn keep_alive(&mut self, every: Duration) {
+        let (c, id) = (Arc::clone(&self.coordinator), self.id);
+        self.keepalive = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                c.heartbeat(&id).await.unwrap();
+            }
+        }));
+    }
+}
 
 const TTL: Duration = Duration::from_secs(2);
 
@@ -180,7 +234,7 @@ async fn complete_with_newer_trigger_keeps_ownership() {
 async fn continue_avoids_the_releasing_node_for_a_while() {
     let (_dir, store) = store();
     let c = store.coordinator();
-    let (a, b) = (node(&store, "a").await, node(&store, "b").await);
+    let (mut a, mut b) = (node(&store, "a").await, node(&store, "b").await);
     a.keep_alive(TTL / 4);
     b.keep_alive(TTL / 4);
     let k = key("k");
@@ -258,7 +312,7 @@ async fn parked_key_waits_for_a_trigger() {
 async fn expired_node_is_fenced_and_its_keys_fail_over() {
     let (_dir, store) = store();
     let c = store.coordinator();
-    let (a, b) = (node(&store, "a").await, node(&store, "b").await);
+    let (a, mut b) = (node(&store, "a").await, node(&store, "b").await);
     b.keep_alive(TTL / 4);
     let k = key("k");
     c.trigger(&k).await.unwrap();

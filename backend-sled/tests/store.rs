@@ -161,3 +161,24 @@ async fn batched_durability_flushes_on_request() {
             .is_some()
     );
 }
+
+#[test]
+fn damaged_record_is_reported_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    drop(SledStore::open(&path).unwrap());
+    {
+        let raw = sled::open(&path).unwrap();
+        raw.open_tree("keyloop.registry")
+            .unwrap()
+            .insert(b"kvm/1", b"\x07garbage")
+            .unwrap();
+        raw.flush().unwrap();
+    }
+    let err = SledStore::open(&path).unwrap_err();
+    assert!(
+        matches!(&err, SledError::Corrupt { detail, .. } if detail.contains("vm/1")),
+        "got {err:?}"
+    );
+    assert!(err.to_string().contains("damaged record"));
+}
