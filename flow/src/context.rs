@@ -1,4 +1,4 @@
-use keyloop_core::{Bytes, CancellationToken, LoopContext, StateError, async_trait};
+use keyloop_core::{Bytes, CancellationToken, Epoch, LoopContext, StateError, async_trait};
 
 /// Where a flow's state goes, and when it must stop: the one thing a
 /// [`StepFlow`](crate::StepFlow) needs from its surroundings.
@@ -18,6 +18,12 @@ pub trait FlowContext: Send + Sync {
     /// Cancelled when the flow must stop (the step in flight is dropped and re-run by the
     /// next owner).
     fn cancellation_token(&self) -> CancellationToken;
+
+    /// The owner's fencing token, if it has one; steps see it as
+    /// [`StepContext::epoch`](crate::StepContext::epoch) to fence their own external writes.
+    fn epoch(&self) -> Option<Epoch> {
+        None
+    }
 }
 
 #[async_trait]
@@ -32,5 +38,9 @@ impl FlowContext for LoopContext {
 
     fn cancellation_token(&self) -> CancellationToken {
         LoopContext::cancellation_token(self)
+    }
+
+    fn epoch(&self) -> Option<Epoch> {
+        Some(LoopContext::epoch(self))
     }
 }

@@ -18,6 +18,8 @@
 //! #[derive(Clone, Default, Serialize, Deserialize)]
 //! struct Deploy { change: Option<u32>, accepted: bool }
 //!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), keyloop_flow::FlowError> {
 //! let flow = StepFlow::builder("deploy", 1)
 //!     .retry("open", RetryPolicy::attempts(3), Steps::new()
 //!         .step("open change", |mut d: Deploy, _cx| async move {
@@ -31,8 +33,6 @@
 //!     .build()
 //!     .unwrap();
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), keyloop_flow::FlowError> {
 //! let store = MemoryStateStore::new();
 //! let state = flow.run(&store.acquire(), Deploy::default()).await?;
 //! assert!(flow.is_completed(&state));

@@ -117,4 +117,8 @@ impl FlowContext for MemoryOwner {
     fn cancellation_token(&self) -> CancellationToken {
         self.token.clone()
     }
+
+    fn epoch(&self) -> Option<Epoch> {
+        Some(Epoch(self.epoch))
+    }
 }

@@ -1,4 +1,4 @@
-use keyloop_core::CancellationToken;
+use keyloop_core::{CancellationToken, Epoch};
 
 use crate::FlowId;
 
@@ -11,6 +11,7 @@ pub struct StepContext {
     pub(crate) iteration: u32,
     pub(crate) poll: u32,
     pub(crate) token: CancellationToken,
+    pub(crate) epoch: Option<Epoch>,
 }
 
 impl StepContext {
@@ -38,6 +39,12 @@ impl StepContext {
     /// For a wait's condition, how many earlier polls returned `false`.
     pub fn poll(&self) -> u32 {
         self.poll
+    }
+
+    /// The owner's fencing token (the loop's epoch inside an engine), to pass to external
+    /// systems so that they reject writes from a stale owner.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.epoch
     }
 
     /// Cancelled when the flow must stop; the step is dropped soon after, so hand this to

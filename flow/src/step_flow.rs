@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use keyloop_core::CancellationToken;
+use keyloop_core::{CancellationToken, Epoch};
 
 use crate::node::Node;
 use crate::state::{Frame, Header};
@@ -194,7 +194,7 @@ impl<T: FlowData> StepFlow<T> {
             };
             match node {
                 Node::Step { name, run } => {
-                    let cx = self.step_context(&state, name, &token);
+                    let cx = self.step_context(&state, name, &token, ctx.epoch());
                     let future = run(state.data.clone(), cx);
                     let result = tokio::select! {
                         biased;
@@ -218,7 +218,7 @@ impl<T: FlowData> StepFlow<T> {
                     }
                 }
                 Node::WaitFor { name, check, poll } => {
-                    let cx = self.step_context(&state, name, &token);
+                    let cx = self.step_context(&state, name, &token, ctx.epoch());
                     let future = check(state.data.clone(), cx);
                     let result = tokio::select! {
                         biased;
@@ -346,6 +346,7 @@ impl<T: FlowData> StepFlow<T> {
         state: &FlowState<T>,
         step: &str,
         token: &CancellationToken,
+        epoch: Option<Epoch>,
     ) -> StepContext {
         let depth = state.at.len();
         let mut attempt = 1;
@@ -367,6 +368,7 @@ impl<T: FlowData> StepFlow<T> {
             iteration,
             poll: state.at[depth - 1].1,
             token: token.clone(),
+            epoch,
         }
     }
 

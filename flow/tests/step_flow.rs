@@ -545,3 +545,19 @@ async fn cancellation_drops_the_step_in_flight_and_resume_reruns_it() {
     assert_eq!(state.data(), &["a", "slow"]);
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn steps_see_their_owner_epoch() {
+    let flow = StepFlow::builder("f", 1)
+        .step("a", |mut d: Done, cx| async move {
+            d.push(cx.epoch().map(|e| e.to_string()).unwrap_or_default());
+            Ok(d)
+        })
+        .build()
+        .unwrap();
+    let store = MemoryStateStore::new();
+    let _first = store.acquire();
+    let second = store.acquire();
+    let state = flow.run(&second, vec![]).await.unwrap();
+    assert_eq!(state.data(), &["2"]);
+}
