@@ -33,13 +33,15 @@
 //! # fn main() {}
 //! ```
 //!
-//! The suite checks itself: [`broken`] holds deliberately broken coordinators and
-//! [`assert_case_fails`] shows that the cases meant to catch them do.
+//! The suite checks itself: [`Breakage`] names deliberately broken coordinators
+//! ([`TwoOwners`], [`DropsTriggers`]), and [`assert_suite_catches`] shows that the cases meant
+//! to catch each pass on the intact backend and fail on the broken one.
 //!
 //! Tools for the cases, public so backends can write their own: a [`Case`] (namespace,
 //! nodes, shared [`Recorder`] and [`Script`]), the [`ScriptedController`], the
 //! [`FaultyCoordinator`], and [`DirectNode`] for calling the `Coordinator` trait by hand.
 
+mod broken;
 mod direct;
 mod faulty;
 mod fixture;
@@ -49,8 +51,6 @@ mod postgres_server;
 mod recorder;
 mod script;
 mod selftest;
-
-pub mod broken;
 
 /// Every case, one function each, named as in DESIGN §6.
 pub mod cases {
@@ -74,6 +74,7 @@ pub mod cases {
 }
 
 pub use async_trait::async_trait;
+pub use broken::{Breakage, BrokenHarness, DropsTriggers, TwoOwners, assert_suite_catches};
 pub use direct::DirectNode;
 pub use faulty::{Faults, FaultyCoordinator};
 pub use fixture::{Case, Node, eventually, key};

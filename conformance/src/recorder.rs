@@ -347,8 +347,14 @@ impl Recorder {
         let waited = tokio::time::timeout(timeout, async {
             loop {
                 changes.borrow_and_update();
-                if done(&self.lock()) {
-                    return;
+                {
+                    let log = self.lock();
+                    if let Some(violation) = log.violations.first() {
+                        panic!("while waiting until {what}: {violation}\nloop log:\n{log:?}");
+                    }
+                    if done(&log) {
+                        return;
+                    }
                 }
                 if changes.changed().await.is_err() {
                     return;

@@ -1,0 +1,19 @@
+//! The conformance suite tests itself: cases that must catch a broken coordinator pass on
+//! the memory backend and fail on the same backend deliberately broken.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::MemoryHarness;
+use keyloop_conformance::{Breakage, assert_suite_catches};
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn suite_catches_a_coordinator_that_allows_two_owners() {
+    assert_suite_catches(Arc::new(MemoryHarness), Breakage::TwoOwners).await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn suite_catches_a_coordinator_that_drops_triggers() {
+    assert_suite_catches(Arc::new(MemoryHarness), Breakage::DropsTriggers).await;
+}
