@@ -17,3 +17,23 @@ async fn suite_catches_a_coordinator_that_allows_two_owners() {
 async fn suite_catches_a_coordinator_that_drops_triggers() {
     assert_suite_catches(Arc::new(MemoryHarness), Breakage::DropsTriggers).await;
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn suite_catches_a_coordinator_with_unfenced_writes() {
+    assert_suite_catches(Arc::new(MemoryHarness), Breakage::UnfencedWrites).await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn suite_catches_a_coordinator_with_short_leases() {
+    assert_suite_catches(Arc::new(MemoryHarness), Breakage::ShortLeases).await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn suite_catches_a_coordinator_that_ignores_avoidance() {
+    assert_suite_catches(Arc::new(MemoryHarness), Breakage::IgnoresAvoid).await;
+}
+
+#[test]
+fn every_breakage_is_tested() {
+    assert_eq!(Breakage::ALL.len(), 5);
+}

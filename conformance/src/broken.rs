@@ -34,6 +34,12 @@ pub enum Breakage {
     /// `Triggered` events are dropped, and every `Complete` retires the key even when a
     /// trigger the loop did not observe is pending.
     DropsTriggers,
+    /// Fenced state saves and releases report success (and change nothing).
+    UnfencedWrites,
+    /// Leases last half the TTL the node asked for, though the full TTL is reported.
+    ShortLeases,
+    /// `Continue { avoid_for }` is released without the avoidance.
+    IgnoresAvoid,
 }
 
 impl Breakage {
@@ -54,14 +60,38 @@ impl Breakage {
                 "trigger_during_complete_reruns_loop",
                 "lost_notification_does_not_lose_trigger",
             ],
+            Breakage::UnfencedWrites => &[
+                "zombie_save_rejected_after_takeover",
+                "zombie_save_rejected_after_expiry_without_takeover",
+                "stale_release_rejected",
+            ],
+            Breakage::ShortLeases => &["crashed_node_keys_not_claimed_before_ttl"],
+            Breakage::IgnoresAvoid => &[
+                "continue_hands_key_to_other_node",
+                "continue_on_single_node_runs_again",
+            ],
         }
     }
+
+    /// Every breakage.
+    pub const ALL: &'static [Breakage] = &[
+        Breakage::TwoOwners,
+        Breakage::DropsTriggers,
+        Breakage::UnfencedWrites,
+        Breakage::ShortLeases,
+        Breakage::IgnoresAvoid,
+    ];
 
     /// Wraps `inner` so that it is broken this way.
     pub fn wrap(self, inner: Arc<dyn Coordinator>) -> Arc<dyn Coordinator> {
         match self {
             Breakage::TwoOwners => Arc::new(TwoOwners::new(inner)),
             Breakage::DropsTriggers => Arc::new(DropsTriggers::new(inner)),
+            other => Arc::new(Lax {
+                inner,
+                breakage: other,
+                ttl: Mutex::new(Duration::ZERO),
+            }),
         }
     }
 }
@@ -331,3 +361,128 @@ broken_coordinator! { DropsTriggers {
         self.inner.release(node, key, epoch, how).await
     }
 }}
+
+/// The smaller breakages: unfenced writes, short leases, ignored avoidance.
+struct Lax {
+    inner: Arc<dyn Coordinator>,
+    breakage: Breakage,
+    /// The TTL the node asked for, reported back in place of the real one.
+    ttl: Mutex<Duration>,
+}
+
+impl Lax {
+    fn lease(&self, real: Lease) -> Lease {
+        if self.breakage == Breakage::ShortLeases {
+            Lease {
+                ttl: *self.ttl.lock().unwrap(),
+            }
+        } else {
+            real
+        }
+    }
+
+    fn swallow_fence<T>(
+        &self,
+        result: Result<T, CoordinatorError>,
+        pretend: T,
+    ) -> Result<T, CoordinatorError> {
+        match result {
+            Err(CoordinatorError::Fenced { .. } | CoordinatorError::LeaseExpired { .. })
+                if self.breakage == Breakage::UnfencedWrites =>
+            {
+                Ok(pretend)
+            }
+            other => other,
+        }
+    }
+}
+
+#[async_trait]
+impl Coordinator for Lax {
+    fn limits(&self) -> Limits {
+        self.inner.limits()
+    }
+
+    async fn join(
+        &self,
+        node: &NodeInfo,
+        ttl: Duration,
+        events: EventSink,
+    ) -> Result<Lease, CoordinatorError> {
+        *self.ttl.lock().unwrap() = ttl;
+        let asked = if self.breakage == Breakage::ShortLeases {
+            ttl / 2
+        } else {
+            ttl
+        };
+        let lease = self.inner.join(node, asked, events).await?;
+        Ok(self.lease(lease))
+    }
+
+    async fn heartbeat(&self, node: &NodeId) -> Result<Lease, CoordinatorError> {
+        let lease = self.inner.heartbeat(node).await?;
+        Ok(self.lease(lease))
+    }
+
+    async fn leave(&self, node: &NodeId) -> Result<(), CoordinatorError> {
+        self.inner.leave(node).await
+    }
+
+    async fn trigger(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError> {
+        self.inner.trigger(key).await
+    }
+
+    async fn claim(&self, node: &NodeId, max: usize) -> Result<Vec<Claim>, CoordinatorError> {
+        self.inner.claim(node, max).await
+    }
+
+    async fn claim_key(&self, node: &NodeId, key: &Key) -> Result<Option<Claim>, CoordinatorError> {
+        self.inner.claim_key(node, key).await
+    }
+
+    async fn release(
+        &self,
+        node: &NodeId,
+        key: &Key,
+        epoch: Epoch,
+        how: Release,
+    ) -> Result<Released, CoordinatorError> {
+        let how = match how {
+            Release::Continue { .. } if self.breakage == Breakage::IgnoresAvoid => {
+                Release::Continue {
+                    avoid_for: Duration::ZERO,
+                }
+            }
+            other => other,
+        };
+        let result = self.inner.release(node, key, epoch, how).await;
+        self.swallow_fence(result, Released::Released)
+    }
+
+    async fn owned(&self, node: &NodeId) -> Result<Vec<Claim>, CoordinatorError> {
+        self.inner.owned(node).await
+    }
+
+    async fn load_state(&self, key: &Key) -> Result<Option<Bytes>, CoordinatorError> {
+        self.inner.load_state(key).await
+    }
+
+    async fn save_state(
+        &self,
+        node: &NodeId,
+        key: &Key,
+        epoch: Epoch,
+        state: Bytes,
+    ) -> Result<(), CoordinatorError> {
+        let result = self.inner.save_state(node, key, epoch, state).await;
+        self.swallow_fence(result, ())
+    }
+
+    async fn key_info(&self, key: &Key) -> Result<Option<KeyInfo>, CoordinatorError> {
+        self.inner.key_info(key).await
+    }
+
+    async fn inspect(&self) -> Result<ClusterSnapshot, CoordinatorError> {
+        self.inner.inspect().await
+    }
+}

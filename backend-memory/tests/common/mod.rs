@@ -8,7 +8,7 @@ use keyloop_core::Coordinator;
 use keyloop_memory::MemoryCluster;
 
 /// A fresh [`MemoryCluster`] per case; its leases follow tokio's (paused) clock.
-pub struct MemoryHarness;
+pub(crate) struct MemoryHarness;
 
 struct MemoryNamespace(MemoryCluster);
 

@@ -130,9 +130,9 @@ pub async fn crashed_node_keys_not_claimed_before_ttl(harness: &dyn Harness) {
             let start = log.starts(k)[1];
             assert!(
                 start.at >= expiry,
-                "key {k:?} was taken {:?} before the dead node's lease (renewed at +{:?} for {granted:?}) could expire:\n{log:?}",
+                "key {k:?} was taken {:?} before the dead node's lease (last renewed {:?} before that, for {granted:?}) could expire:\n{log:?}",
                 expiry - start.at,
-                sent.elapsed(),
+                start.at - sent,
             );
         }
     }
