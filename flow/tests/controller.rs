@@ -318,3 +318,116 @@ async fn shutdown_in_the_middle_of_a_step_drops_it_and_the_next_owner_reruns_it(
     assert_eq!(finished.load(Ordering::SeqCst), 1);
     b.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_trigger_ends_a_flow_wait_early() {
+    let cluster = MemoryCluster::new();
+    let polls = Arc::new(AtomicU32::new(0));
+    let seen = polls.clone();
+    let flow = StepFlow::builder("slow-poll", 1)
+        .wait_for_with(
+            "ready",
+            Poll::every(Duration::from_secs(3600)),
+            move |_: u32, _cx| {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                async move { Ok(n >= 1) }
+            },
+        )
+        .build()
+        .unwrap();
+    let engine = Engine::builder(
+        cluster.coordinator(),
+        FlowController::new(flow, |_: &Key| Ok(0)),
+    )
+    .start()
+    .await
+    .unwrap();
+    engine.trigger("job/poll").await.unwrap();
+    wait_until("the first poll", async || polls.load(Ordering::SeqCst) == 1).await;
+    let start = tokio::time::Instant::now();
+    engine.trigger("job/poll").await.unwrap();
+    wait_until("the key to retire", async || {
+        retired(&engine, "job/poll").await
+    })
+    .await;
+    assert_eq!(polls.load(Ordering::SeqCst), 2);
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "polled on the trigger, not after an hour"
+    );
+    engine.shutdown().await;
+}
+
+/// A plan that never finishes: one slow task per round.
+struct Forever {
+    performed: Arc<AtomicU32>,
+}
+
+struct Slow(Arc<AtomicU32>);
+
+#[async_trait]
+impl Task for Slow {
+    fn name(&self) -> String {
+        "slow".into()
+    }
+
+    async fn perform(&self, _cx: &TaskContext) -> Result<Vec<BoxTask>, BoxError> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(vec![])
+    }
+}
+
+#[async_trait]
+impl Plan for Forever {
+    async fn create(&self) -> Result<Vec<BoxTask>, BoxError> {
+        Ok(vec![Box::new(Slow(self.performed.clone()))])
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn plan_controller_hands_off_on_shutdown() {
+    let cluster = MemoryCluster::new();
+    let performed = Arc::new(AtomicU32::new(0));
+    let make = || {
+        let performed = performed.clone();
+        let executor = PlanExecutor::builder()
+            .round_interval(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        PlanController::new(executor, move |_key: &Key| {
+            Ok(Forever {
+                performed: performed.clone(),
+            })
+        })
+    };
+    let a = Engine::builder(cluster.coordinator(), make())
+        .node_name("a")
+        .start()
+        .await
+        .unwrap();
+    a.trigger("vm/forever").await.unwrap();
+    wait_until("a few rounds", async || {
+        performed.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    let b = Engine::builder(cluster.coordinator(), make())
+        .node_name("b")
+        .start()
+        .await
+        .unwrap();
+    let report = a.shutdown().await;
+    assert_eq!(report.handed_off, [Key::new("vm/forever").unwrap()]);
+    assert!(report.abandoned.is_empty());
+    let key = Key::new("vm/forever").unwrap();
+    wait_until("node b to run the plan", async || {
+        b.owned_keys().contains(&key)
+    })
+    .await;
+    let before = performed.load(Ordering::SeqCst);
+    wait_until("node b to make progress", async || {
+        performed.load(Ordering::SeqCst) > before
+    })
+    .await;
+    b.shutdown().await;
+}
