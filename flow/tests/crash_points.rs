@@ -83,11 +83,14 @@ impl FlowContext for LoggedOwner {
 }
 
 type Data = Vec<String>;
+type StepFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Data, keyloop_core::BoxError>> + Send>,
+>;
 
 fn effect(
     log: &Log,
     name: &'static str,
-) -> impl Fn(Data, StepContext) -> futures_like::BoxFut + Send + Sync + 'static {
+) -> impl Fn(Data, StepContext) -> StepFuture + Send + Sync + 'static {
     let log = log.clone();
     move |mut data: Data, cx: StepContext| {
         let log = log.clone();
@@ -107,12 +110,6 @@ fn effect(
             Ok(data)
         })
     }
-}
-
-mod futures_like {
-    pub(crate) type BoxFut = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<super::Data, keyloop_core::BoxError>> + Send>,
-    >;
 }
 
 fn flow(log: &Log, polls: Arc<AtomicU32>) -> StepFlow<Data> {
