@@ -2,7 +2,7 @@
 
 use keyloop_core::{KeyStatus, Release, Released};
 
-use crate::{Case, Happening, Harness, SCRIPTED_FAILURE, Step, key};
+use crate::{Case, Happening, Harness, SCRIPTED_FAILURE, Step, eventually, key};
 
 fn failed(h: &Happening) -> bool {
     matches!(h, Happening::Failed(_))
@@ -21,10 +21,20 @@ pub async fn loop_error_restarts_with_backoff(harness: &dyn Harness) {
     a.engine.trigger(k.clone()).await.expect("trigger");
     case.wait("three failures", |log| log.count(&k, failed) == 3)
         .await;
-    let status = a.engine.status(k.clone()).await.expect("status");
+    // The failure is recorded just before `run` returns; the engine enters backoff after.
+    let status = eventually(
+        "the failed loop shows as in backoff",
+        case.ttl / 10,
+        case.ttl / 200,
+        || async {
+            let status = a.engine.status(k.clone()).await.expect("status");
+            matches!(&status, KeyStatus::Backoff { .. }).then_some(status)
+        },
+    )
+    .await;
     assert!(
         matches!(&status, KeyStatus::Backoff { failures: 3, last_error } if last_error.contains(SCRIPTED_FAILURE)),
-        "a failed loop waiting to restart is in Backoff: {status:?}"
+        "a failed loop waiting to restart is in Backoff with its last error: {status:?}"
     );
     // Triggers during the backoff do not shorten it.
     for _ in 0..5 {
@@ -146,10 +156,11 @@ pub async fn repeated_failures_park_key(harness: &dyn Harness) {
     let k = key("supervision/park");
     case.script.set(&k, vec![Step::Fail]);
     let a = case.node_with("a", |c| c.max_failures(3)).await;
-    let _b = case.node("b").await;
     a.engine.trigger(k.clone()).await.expect("trigger");
     case.wait("three failures", |log| log.count(&k, failed) == 3)
         .await;
+    // Another node with capacity must leave the parked key alone too.
+    let _b = case.node_with("b", |c| c.max_failures(3)).await;
     let coordinator = case.coordinator().await;
     let info = case
         .wait_key(&*coordinator, &k, "the key is parked", |i| {
