@@ -4,7 +4,8 @@
 //! - `trigger`: `Coordinator::trigger` on existing keys, one call after another;
 //! - `claim`: `Coordinator::claim(node, 1)` on pending keys, one key per call;
 //! - the peer, raw sled: `insert` + `flush` per operation (durable), or `insert` alone
-//!   (batched, with the same background flush interval): the limit for one write each.
+//!   (batched, with the same background flush interval): the limit for one write each;
+//! - `trigger x16`: 16 tasks triggering at once, next to 16 threads of raw writes.
 //!
 //! Run with `cargo run --release -p keyloop-sled --example bench_sled [ops_per_round] [rounds]`.
 
@@ -16,6 +17,7 @@ use keyloop_core::{Coordinator, EventSink, Key, NodeId, NodeInfo};
 use keyloop_sled::{Durability, SledConfig, SledCoordinator, SledStore};
 
 const KEYS: usize = 1_000;
+const CONCURRENCY: usize = 16;
 const BATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 struct Raw {
@@ -43,6 +45,29 @@ impl Raw {
             flush,
             n: 0,
         }
+    }
+
+    /// `ops` single writes from `threads` threads at once; ops per second.
+    fn run_concurrent(&mut self, ops: usize, threads: usize) -> f64 {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (db, tree, flush) = (&self.db, &self.tree, self.flush);
+                s.spawn(move || {
+                    for i in 0..ops / threads {
+                        let key = format!("k{}", (t * 7919 + i) % KEYS);
+                        let mut value = [7u8; 35];
+                        value[..8].copy_from_slice(&((t * ops + i) as u64).to_be_bytes());
+                        tree.insert(key.as_bytes(), &value[..]).unwrap();
+                        if flush {
+                            db.flush().unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        self.n += ops as u64;
+        (ops / threads * threads) as f64 / start.elapsed().as_secs_f64()
     }
 
     /// `ops` single writes of a record-sized value; ops per second.
@@ -112,6 +137,26 @@ impl Subject {
         ops as f64 / start.elapsed().as_secs_f64()
     }
 
+    /// `ops` triggers from `tasks` concurrent tasks.
+    async fn concurrent_triggers(&self, ops: usize, tasks: usize) -> f64 {
+        let start = Instant::now();
+        let handles: Vec<_> = (0..tasks)
+            .map(|t| {
+                let c = Arc::clone(&self.coordinator);
+                tokio::spawn(async move {
+                    for i in 0..ops / tasks {
+                        let key = Key::new(format!("t{}", (t * 7919 + i) % KEYS)).unwrap();
+                        c.trigger(&key).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap();
+        }
+        (ops / tasks * tasks) as f64 / start.elapsed().as_secs_f64()
+    }
+
     /// Registers `ops` fresh keys (not timed), then claims them one per call.
     async fn claims(&mut self, ops: usize) -> f64 {
         self.round += 1;
@@ -172,14 +217,18 @@ async fn main() {
         let mut raw = Raw::open(&dir.path().join(format!("raw-{tag}")), durability);
         let mut subject = Subject::open(&dir.path().join(format!("sub-{tag}")), durability).await;
         let (mut t, mut c, mut r_t, mut r_c) = (vec![], vec![], vec![], vec![]);
+        let (mut tc, mut r_tc) = (vec![], vec![]);
         raw.run(ops / 4); // warm-up
         for _ in 0..rounds {
             r_t.push(raw.run(ops));
             t.push(subject.triggers(ops).await);
             c.push(subject.claims(ops).await);
             r_c.push(raw.run(ops));
+            tc.push(subject.concurrent_triggers(ops, CONCURRENCY).await);
+            r_tc.push(raw.run_concurrent(ops, CONCURRENCY));
         }
         report(&format!("{label}: trigger"), t, r_t);
         report(&format!("{label}: claim (1 per call)"), c, r_c);
+        report(&format!("{label}: trigger x{CONCURRENCY}"), tc, r_tc);
     }
 }

@@ -232,7 +232,7 @@ impl Coordinator for SledCoordinator {
         'scan: loop {
             let batch = core
                 .index
-                .candidates(after.as_ref(), max.clamp(16, 1024) + avoided.len());
+                .candidates(after.as_ref(), max.min(1024) + avoided.len());
             let Some(last) = batch.last() else {
                 break;
             };

@@ -51,6 +51,7 @@
 mod config;
 mod coordinator;
 mod error;
+mod flush;
 mod index;
 mod nodes;
 mod schema;

@@ -9,6 +9,7 @@ use keyloop_core::CoordinatorError;
 
 use crate::config::Location;
 use crate::error::backend_error;
+use crate::flush::GroupFlush;
 use crate::index::Index;
 use crate::nodes::Nodes;
 use crate::schema::{self, FormatCheck};
@@ -51,6 +52,7 @@ pub(crate) struct Core {
     pub(crate) label: String,
     pub(crate) nodes: Nodes,
     pub(crate) index: Index,
+    flusher: GroupFlush,
     stripes: Vec<Mutex<()>>,
     recovered: bool,
 }
@@ -191,6 +193,7 @@ impl SledStore {
             label,
             nodes: Nodes::default(),
             index,
+            flusher: GroupFlush::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             recovered,
         };
@@ -306,17 +309,12 @@ impl Core {
     }
 
     async fn flush_now(&self) -> Result<(), CoordinatorError> {
-        let db = self.db.clone();
-        // fsync blocks; keep it off the async workers. A running blocking task also keeps
-        // tokio's paused clock from auto-advancing, so paused-time tests stay exact.
-        match tokio::task::spawn_blocking(move || db.flush()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(self.err("flush", e)),
-            Err(join) => Err(CoordinatorError::backend(
+        self.flusher.flush(&self.db).await.map_err(|e| {
+            CoordinatorError::unavailable(
                 format!("sled at {}", self.label),
-                "flush task failed",
-                Some(Box::new(join) as _),
-            )),
-        }
+                "flush failed",
+                Some(Box::new(e) as _),
+            )
+        })
     }
 }

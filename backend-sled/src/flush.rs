@@ -1,0 +1,216 @@
+//! Group commit: callers that need their writes on disk share flushes.
+//!
+//! A flush covers every write made before it *started*. A caller whose write came after
+//! the running flush started waits for the next one; when a flush ends, one waiter starts
+//! the next for everyone who queued meanwhile. On a multi-thread runtime the flush runs on
+//! the caller's worker (`block_in_place`, no thread hand-off on the sequential path); on a
+//! current-thread runtime it runs on the blocking pool, which also keeps tokio's paused
+//! clock from auto-advancing during real I/O.
+
+use std::sync::Mutex;
+
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct State {
+    /// Generation of the last flush started.
+    started: u64,
+    running: bool,
+    /// The newest generation that failed, with its error.
+    failed: Option<(u64, String)>,
+}
+
+pub(crate) struct GroupFlush {
+    state: Mutex<State>,
+    /// Generation of the last flush finished.
+    finished: watch::Sender<u64>,
+}
+
+impl Default for GroupFlush {
+    fn default() -> Self {
+        GroupFlush {
+            state: Mutex::new(State::default()),
+            finished: watch::channel(0).0,
+        }
+    }
+}
+
+impl GroupFlush {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once a flush that started after this call began has finished.
+    pub(crate) async fn flush(&self, db: &sled::Db) -> Result<(), FlushError> {
+        let mut finished = self.finished.subscribe();
+        let need = {
+            let state = self.lock();
+            state.started + 1
+        };
+        loop {
+            let start = {
+                let mut state = self.lock();
+                if *finished.borrow_and_update() >= need {
+                    return match &state.failed {
+                        Some((generation, error)) if *generation >= need => {
+                            Err(FlushError(error.clone()))
+                        }
+                        _ => Ok(()),
+                    };
+                }
+                if state.running {
+                    None
+                } else {
+                    state.running = true;
+                    state.started += 1;
+                    Some(state.started)
+                }
+            };
+            match start {
+                Some(generation) => {
+                    let result = run_blocking(db).await;
+                    {
+                        let mut state = self.lock();
+                        state.running = false;
+                        if let Err(e) = &result {
+                            state.failed = Some((generation, e.0.clone()));
+                        }
+                    }
+                    self.finished.send_replace(generation);
+                    if generation >= need {
+                        return result;
+                    }
+                }
+                None => {
+                    // The sender lives in `self`, so this only ends with a new value.
+                    let _ = finished.changed().await;
+                }
+            }
+        }
+    }
+}
+
+/// A failed flush, as text (sled's error is not `Clone`, and several callers share it).
+#[derive(Debug, Clone)]
+pub(crate) struct FlushError(pub(crate) String);
+
+impl std::fmt::Display for FlushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FlushError {}
+
+async fn run_blocking(db: &sled::Db) -> Result<(), FlushError> {
+    let flush = {
+        let db = db.clone();
+        move || db.flush().map(drop).map_err(|e| FlushError(e.to_string()))
+    };
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(flush),
+        Ok(_) => match tokio::task::spawn_blocking(flush).await {
+            Ok(result) => result,
+            Err(e) => Err(FlushError(format!("flush task failed: {e}"))),
+        },
+        Err(_) => flush(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_flushes_and_all_return() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let group = Arc::new(GroupFlush::default());
+        let tasks: Vec<_> = (0..32)
+            .map(|i: u32| {
+                let (db, group) = (db.clone(), Arc::clone(&group));
+                tokio::spawn(async move {
+                    for j in 0..20u32 {
+                        db.insert(format!("{i}/{j}"), &j.to_be_bytes()).unwrap();
+                        group.flush(&db).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
+        .await
+        .expect("every caller returns");
+        let state = group.lock();
+        assert!(!state.running);
+        assert_eq!(*group.finished.borrow(), state.started);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_after_a_flush_started_waits_for_the_next_flush() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let group = Arc::new(GroupFlush::default());
+        // Pretend flush 5 is running (it started before our write).
+        {
+            let mut state = group.lock();
+            state.started = 5;
+            state.running = true;
+        }
+        let waiter = {
+            let (db, group) = (db.clone(), Arc::clone(&group));
+            tokio::spawn(async move { group.flush(&db).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "must not return before a covering flush"
+        );
+        // Flush 5 ends: it does not cover the waiter, which starts flush 6 itself.
+        group.lock().running = false;
+        group.finished.send_replace(5);
+        waiter.await.unwrap().unwrap();
+        assert_eq!(group.lock().started, 6);
+        assert_eq!(*group.finished.borrow(), 6);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_covering_flush_fails_its_waiters() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let group = Arc::new(GroupFlush::default());
+        {
+            let mut state = group.lock();
+            state.started = 1;
+            state.running = true;
+        }
+        let waiter = {
+            let (db, group) = (db.clone(), Arc::clone(&group));
+            tokio::spawn(async move { group.flush(&db).await })
+        };
+        tokio::task::yield_now().await;
+        // Someone else ran flush 2, covering the waiter, and it failed.
+        {
+            let mut state = group.lock();
+            state.started = 2;
+            state.running = false;
+            state.failed = Some((2, "disk on fire".into()));
+        }
+        group.finished.send_replace(2);
+        let err = waiter.await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "disk on fire");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn works_on_a_current_thread_runtime() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let group = GroupFlush::default();
+        db.insert("k", "v").unwrap();
+        group.flush(&db).await.unwrap();
+        group.flush(&db).await.unwrap();
+        assert_eq!(group.lock().started, 2, "each sequential call flushes");
+    }
+}
