@@ -723,3 +723,81 @@ async fn required_tls_is_not_silently_dropped() {
         "{err}"
     );
 }
+
+/// A trigger racing a `Complete` is never lost: either the release sees it (`Retriggered`)
+/// or the trigger re-registers the retired key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_trigger_racing_complete_is_never_lost() {
+    let url = server!();
+    let c = coordinator(&url, &fresh_schema("racecomplete")).await;
+    let a = node("a");
+    c.join(&a, TTL, EventSink::discard()).await.unwrap();
+    let (mut retired, mut retriggered) = (0, 0);
+    for i in 0..150 {
+        let k = key(&format!("r/{i}"));
+        let first = c.trigger(&k).await.unwrap();
+        let claim = c.claim_key(&a.id, &k).await.unwrap().unwrap();
+        let (c2, k2) = (c.clone(), k.clone());
+        let racer = tokio::spawn(async move { c2.trigger(&k2).await.unwrap() });
+        let released = c
+            .release(
+                &a.id,
+                &k,
+                claim.epoch,
+                Release::Complete {
+                    observed_seq: first.seq,
+                },
+            )
+            .await
+            .unwrap();
+        let t = racer.await.unwrap();
+        let info = c.key_info(&k).await.unwrap();
+        match released {
+            Released::Retriggered { seq } => {
+                retriggered += 1;
+                assert!(
+                    seq >= t.seq,
+                    "{i}: release saw {seq}, trigger returned {}",
+                    t.seq
+                );
+                assert_eq!(info.unwrap().owner, Some(a.id));
+            }
+            Released::Retired => {
+                retired += 1;
+                let info = info.unwrap_or_else(|| panic!("{i}: trigger after retire was lost"));
+                assert!(t.registered, "{i}: trigger after retire must re-register");
+                assert_eq!(info.trigger_seq, t.seq);
+                assert_eq!(info.owner, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    eprintln!(
+        "complete/trigger races: {retired} retired then re-registered, {retriggered} retriggered"
+    );
+}
+
+/// A trigger racing a claim of an unowned key is seen by the claim or notifies the
+/// claimer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_trigger_racing_claim_reaches_the_claimer() {
+    let url = server!();
+    let c = coordinator(&url, &fresh_schema("raceclaim")).await;
+    let a = node("a");
+    c.join(&a, TTL, EventSink::discard()).await.unwrap();
+    for i in 0..150 {
+        let k = key(&format!("c/{i}"));
+        c.trigger(&k).await.unwrap();
+        let (c2, k2) = (c.clone(), k.clone());
+        let racer = tokio::spawn(async move { c2.trigger(&k2).await.unwrap() });
+        let claim = c.claim_key(&a.id, &k).await.unwrap().unwrap();
+        let t = racer.await.unwrap();
+        assert!(
+            claim.trigger_seq >= t.seq || t.owner == Some(a.id),
+            "{i}: claim saw {}, trigger {} went to {:?}",
+            claim.trigger_seq,
+            t.seq,
+            t.owner
+        );
+    }
+}

@@ -485,7 +485,11 @@ pub fn dedicated_postgres_server() -> Option<PostgresServer> {
 }
 
 fn unavailable<T>(why: &str) -> Option<T> {
-    if std::env::var_os("CI").is_some() {
+    unavailable_in(std::env::var_os("CI").is_some(), why)
+}
+
+fn unavailable_in<T>(ci: bool, why: &str) -> Option<T> {
+    if ci {
         panic!("PostgreSQL is required in CI but unavailable: {why}");
     }
     eprintln!("SKIPPED: no PostgreSQL for this test: {why}");
@@ -495,6 +499,22 @@ fn unavailable<T>(why: &str) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(
+        expected = "PostgreSQL is required in CI but unavailable: postgresql server binaries"
+    )]
+    fn missing_server_fails_in_ci_saying_what_is_missing() {
+        let why = PostgresServerError::BinariesNotFound {
+            searched: "PATH".into(),
+        };
+        unavailable_in::<()>(true, &why.to_string());
+    }
+
+    #[test]
+    fn missing_server_skips_outside_ci() {
+        assert_eq!(unavailable_in::<()>(false, "no binaries"), None);
+    }
 
     #[test]
     fn server_starts_stops_and_resumes() {
