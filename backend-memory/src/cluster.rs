@@ -83,6 +83,19 @@ impl MemoryCluster {
         }
     }
 
+    /// Test hook: lets every stalled node's heartbeats through again.
+    pub fn resume_everyone(&self) {
+        let nodes: Vec<NodeId> = self.state.nodes.read().unwrap().keys().copied().collect();
+        for node in nodes {
+            self.resume(node);
+        }
+    }
+
+    /// Whether `key` is in the registry.
+    pub fn is_registered(&self, key: &Key) -> bool {
+        self.state.shard(key).lock().unwrap().keys.contains_key(key)
+    }
+
     /// Test hook: `node` crashes as far as the backend can tell: its heartbeats hang forever
     /// and it gets no more events; its keys fail over once its lease expires. Combine with
     /// `Engine::kill` to make its loops vanish too.

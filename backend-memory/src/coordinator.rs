@@ -59,7 +59,7 @@ impl MemoryCoordinator {
     fn grant(&self, node: &Arc<NodeEntry>, key: &Key, epoch: u64, record: &mut KeyRecord) -> Claim {
         record.owner = Some(Arc::clone(node));
         record.epoch = epoch;
-        record.set_avoid(None);
+        record.prune_avoid(Instant::now());
         Claim {
             key: key.clone(),
             epoch: Epoch(epoch),
@@ -269,7 +269,8 @@ impl Coordinator for MemoryCoordinator {
                 Release::Continue { avoid_for } => {
                     record.owner = None;
                     if !avoid_for.is_zero() {
-                        record.set_avoid(Some((*node, Instant::now() + avoid_for)));
+                        let now = Instant::now();
+                        record.add_avoid(*node, now + avoid_for, now);
                     }
                     self.state.enqueue(key, record);
                     true

@@ -68,7 +68,10 @@ impl NodeEntry {
 pub(crate) struct Extra {
     pub(crate) state: Option<Bytes>,
     pub(crate) parked: Option<String>,
-    pub(crate) avoid: Option<(NodeId, Instant)>,
+    /// Nodes that released the key with `Continue`, and until when they pass it over. A
+    /// set, so that a key every node hands on visits each at most once per window
+    /// instead of bouncing between two.
+    pub(crate) avoid: Vec<(NodeId, Instant)>,
 }
 
 /// One registered key.
@@ -101,17 +104,25 @@ impl KeyRecord {
     }
 
     pub(crate) fn avoided_by(&self, node: NodeId, now: Instant) -> bool {
-        matches!(
-            self.extra.as_ref().and_then(|e| e.avoid),
-            Some((avoid, until)) if avoid == node && now < until
-        )
+        self.extra.as_ref().is_some_and(|e| {
+            e.avoid
+                .iter()
+                .any(|&(avoid, until)| avoid == node && now < until)
+        })
     }
 
-    pub(crate) fn set_avoid(&mut self, avoid: Option<(NodeId, Instant)>) {
-        if avoid.is_none() && self.extra.is_none() {
-            return;
+    /// Adds `node` to the nodes passing the key over until `until`, dropping lapsed ones.
+    pub(crate) fn add_avoid(&mut self, node: NodeId, until: Instant, now: Instant) {
+        let extra = self.extra.get_or_insert_with(Default::default);
+        extra.avoid.retain(|&(n, u)| n != node && now < u);
+        extra.avoid.push((node, until));
+    }
+
+    /// Drops lapsed avoid entries.
+    pub(crate) fn prune_avoid(&mut self, now: Instant) {
+        if let Some(extra) = &mut self.extra {
+            extra.avoid.retain(|&(_, until)| now < until);
         }
-        self.extra.get_or_insert_with(Default::default).avoid = avoid;
         self.shrink_extra();
     }
 
@@ -127,7 +138,7 @@ impl KeyRecord {
         if self
             .extra
             .as_ref()
-            .is_some_and(|e| e.state.is_none() && e.parked.is_none() && e.avoid.is_none())
+            .is_some_and(|e| e.state.is_none() && e.parked.is_none() && e.avoid.is_empty())
         {
             self.extra = None;
         }

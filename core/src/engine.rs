@@ -264,6 +264,8 @@ async fn shutdown(inner: Arc<Inner>) -> ShutdownReport {
         loops = inner.owned.load(Ordering::Acquire),
         "shutting down"
     );
+    // Set before the loops are signalled, so that every loop ending from now on wakes us.
+    inner.shared.draining.store(true, Ordering::Release);
     for slot in inner.shared.loops.all() {
         slot.signal_shutdown(ShutdownReason::NodeShutdown);
     }

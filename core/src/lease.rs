@@ -48,7 +48,7 @@ async fn renew_until_lost(
             }
             _ = sleep_until(fence_at) => {
                 tracing::error!(?margin, "lease not renewed in time: stopping every loop");
-                return Some(*last_ok + *ttl);
+                return Some(hard_deadline(*last_ok, *ttl, margin));
             }
             _ = sleep_until(next_beat) => {}
         }
@@ -58,7 +58,7 @@ async fn renew_until_lost(
             outcome = tokio::time::timeout(interval, inner.coordinator.heartbeat(&session.node.id)) => outcome,
             _ = sleep_until(fence_at) => {
                 tracing::error!(?margin, "lease not renewed in time: stopping every loop");
-                return Some(*last_ok + *ttl);
+                return Some(hard_deadline(*last_ok, *ttl, margin));
             }
         };
         match outcome {
@@ -81,6 +81,12 @@ async fn renew_until_lost(
             }
         }
     }
+}
+
+/// When loops that ignored the fence are aborted: strictly before the backend can expire
+/// the lease (it measures from when it received the heartbeat, which is after `last_ok`).
+fn hard_deadline(last_ok: Instant, ttl: Duration, margin: Duration) -> Instant {
+    last_ok + ttl.saturating_sub(margin / 2)
 }
 
 /// Stops every loop of `session`, and aborts those still running at `hard_deadline`.
