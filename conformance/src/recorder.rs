@@ -90,7 +90,7 @@ pub struct Log {
     live_per_node: HashMap<String, usize>,
     max_live_per_node: HashMap<String, usize>,
     max_epoch: HashMap<Key, (Epoch, NodeId)>,
-    violations: Vec<String>,
+    violations: Vec<(Key, String)>,
     /// Keys allowed to overlap (an abandoned loop may outlive its ownership).
     overlap_allowed: Vec<Key>,
 }
@@ -157,8 +157,36 @@ impl Log {
     }
 
     /// Overlaps and epoch regressions seen so far.
-    pub fn violations(&self) -> &[String] {
-        &self.violations
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Every record of `key`, one a line, for failure messages.
+    pub fn history(&self, key: &Key) -> String {
+        let origin = self.records.first().map(|r| r.at);
+        let mut out = String::new();
+        for r in self.of(key) {
+            let _ = writeln!(
+                out,
+                "  +{:>10.3?} {:<8} {:?} epoch={} run={} {:?}",
+                origin.map(|o| r.at - o).unwrap_or_default(),
+                r.node,
+                r.node_id,
+                r.epoch,
+                r.run,
+                r.what
+            );
+        }
+        out
+    }
+
+    fn violation_report(&self) -> String {
+        let mut msg = String::new();
+        for (key, v) in &self.violations {
+            let _ = writeln!(msg, "- {v}");
+            let _ = writeln!(msg, "  history of {key:?}:\n{}", self.history(key));
+        }
+        msg
     }
 
     fn push(
@@ -207,7 +235,7 @@ impl Log {
         let lives = self.live.entry(key.clone()).or_default();
         if !self.overlap_allowed.contains(key) {
             for other in lives.iter() {
-                self.violations.push(format!(
+                self.violations.push((key.clone(), format!(
                     "two live loops for key {key:?}: run {run} started on {node} ({node_id:?}) at epoch {epoch} \
                      while run {} on {} ({:?}) at epoch {} (started {:?} earlier) had not ended",
                     other.run,
@@ -215,7 +243,7 @@ impl Log {
                     other.node_id,
                     other.epoch,
                     at - other.since,
-                ));
+                )));
             }
         }
         lives.push(Live {
@@ -231,10 +259,10 @@ impl Log {
         *max = (*max).max(*n);
         match self.max_epoch.get(key) {
             Some(&(max, by)) if epoch < max || (epoch == max && by != node_id) => {
-                self.violations.push(format!(
+                self.violations.push((key.clone(), format!(
                     "epoch did not increase for key {key:?}: run {run} on {node} ({node_id:?}) got epoch \
                      {epoch} after epoch {max} on {by:?}"
-                ));
+                )));
             }
             _ => {}
         }
@@ -349,8 +377,11 @@ impl Recorder {
                 changes.borrow_and_update();
                 {
                     let log = self.lock();
-                    if let Some(violation) = log.violations.first() {
-                        panic!("while waiting until {what}: {violation}\nloop log:\n{log:?}");
+                    if !log.violations.is_empty() {
+                        panic!(
+                            "single-owner violation while waiting until {what}:\n{}loop log:\n{log:?}",
+                            log.violation_report()
+                        );
                     }
                     if done(&log) {
                         return;
@@ -379,8 +410,9 @@ impl Recorder {
         let _ = tokio::time::timeout(quiet, async {
             loop {
                 changes.borrow_and_update();
+                let happened = unwanted(&self.lock());
                 assert!(
-                    !unwanted(&self.lock()),
+                    !happened,
                     "{what} happened, which must not; loop log:\n{self:?}"
                 );
                 if changes.changed().await.is_err() {
@@ -395,11 +427,10 @@ impl Recorder {
     pub fn assert_consistent(&self) {
         let log = self.lock();
         if !log.violations.is_empty() {
-            let mut msg = String::new();
-            for v in &log.violations {
-                let _ = writeln!(msg, "- {v}");
-            }
-            panic!("single-owner violations:\n{msg}loop log:\n{log:?}");
+            panic!(
+                "single-owner violations:\n{}loop log:\n{log:?}",
+                log.violation_report()
+            );
         }
     }
 }

@@ -26,6 +26,13 @@ pub async fn graceful_shutdown_hands_off_all_keys(harness: &dyn Harness) {
     })
     .await;
     let b = case.node("b").await;
+    case.recorder
+        .assert_nothing_for(
+            "a new node running keys that a live node owns",
+            case.claim_interval() * 3,
+            |log| log.live_on("b") > 0,
+        )
+        .await;
     let a_id = a.engine.node_id();
     let report = a.engine.shutdown().await;
     assert_eq!(report.node, a_id);
