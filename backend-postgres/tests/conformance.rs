@@ -1,12 +1,15 @@
 //! The keyloop conformance suite against PostgreSQL: `cargo test -p keyloop-postgres conformance::`.
 //!
-//! Uses the server named by `KEYLOOP_TEST_POSTGRES_URL`, or one throw-away server per test
-//! process; each case gets its own schema.
+//! Uses the server named by `KEYLOOP_TEST_POSTGRES_URL` (each case in its own schema; the
+//! backend is then never restarted), or else a throw-away server per case, so that cases can
+//! restart the backend (`restart_backend`) without disturbing each other.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyloop_conformance::{Harness, Namespace, async_trait, test_postgres_url};
+use keyloop_conformance::{
+    Harness, Namespace, POSTGRES_URL_ENV, PostgresServer, async_trait, dedicated_postgres_server,
+};
 use keyloop_core::{Coordinator, NodeId};
 use keyloop_postgres::{PostgresConfig, PostgresCoordinator};
 
@@ -15,6 +18,8 @@ struct PostgresHarness;
 struct PostgresNamespace {
     url: String,
     schema: String,
+    /// The case's own server, when not using an external one.
+    server: Option<Arc<PostgresServer>>,
 }
 
 #[async_trait]
@@ -28,14 +33,30 @@ impl Harness for PostgresHarness {
     }
 
     async fn namespace(&self) -> Box<dyn Namespace> {
-        let url = test_postgres_url().unwrap_or_else(|| {
-            panic!(
-                "the postgres conformance suite needs PostgreSQL: put initdb and postgres on \
-                 PATH or set KEYLOOP_TEST_POSTGRES_URL"
-            )
-        });
         let schema = format!("conf_{}", &NodeId::random().to_string()[..16]);
-        Box::new(PostgresNamespace { url, schema })
+        if let Ok(url) = std::env::var(POSTGRES_URL_ENV)
+            && !url.is_empty()
+        {
+            return Box::new(PostgresNamespace {
+                url,
+                schema,
+                server: None,
+            });
+        }
+        let server = tokio::task::spawn_blocking(dedicated_postgres_server)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| {
+                panic!(
+                    "the postgres conformance suite needs PostgreSQL: put initdb and postgres \
+                     on PATH or set {POSTGRES_URL_ENV}"
+                )
+            });
+        Box::new(PostgresNamespace {
+            url: server.url(),
+            schema,
+            server: Some(Arc::new(server)),
+        })
     }
 }
 
@@ -48,6 +69,28 @@ impl Namespace for PostgresNamespace {
             .build()
             .unwrap();
         Arc::new(PostgresCoordinator::connect(config).await.unwrap())
+    }
+
+    async fn restart_backend(&self) -> bool {
+        let Some(server) = self.server.clone() else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || {
+            server.stop().unwrap();
+            server.resume().unwrap();
+        })
+        .await
+        .unwrap();
+        true
+    }
+}
+
+impl Drop for PostgresNamespace {
+    fn drop(&mut self) {
+        // Stopping waits for the server; keep that off the async workers.
+        if let Some(server) = self.server.take() {
+            std::thread::spawn(move || drop(server));
+        }
     }
 }
 
