@@ -28,7 +28,9 @@ struct Raw {
 }
 
 impl Raw {
-    fn open(path: &Path, durability: Durability) -> Raw {
+    /// Opens the peer's database holding `filler` extra keys, so that its tree is as large
+    /// as the subject's (sled copies leaf nodes on write; bigger trees cost more).
+    fn open(path: &Path, durability: Durability, filler: usize) -> Raw {
         let mut config = sled::Config::new().path(path);
         let flush = match durability {
             Durability::Batched { interval } => {
@@ -39,6 +41,11 @@ impl Raw {
         };
         let db = config.open().unwrap();
         let tree = db.open_tree("raw").unwrap();
+        for i in 0..filler {
+            tree.insert(format!("c{i}").as_bytes(), &[0u8; 35][..])
+                .unwrap();
+        }
+        db.flush().unwrap();
         Raw {
             db,
             tree,
@@ -184,13 +191,16 @@ fn spread(xs: &[f64]) -> (f64, f64) {
     (min, max)
 }
 
+/// Prints medians with their spread, and the median of the per-round ratios (subject and
+/// peer measured back to back, so slow phases of the disk hit both).
 fn report(what: &str, subject: Vec<f64>, raw: Vec<f64>) {
+    let ratios: Vec<f64> = subject.iter().zip(&raw).map(|(s, r)| s / r).collect();
+    let (q_min, q_max) = spread(&ratios);
     let (s_min, s_max) = spread(&subject);
     let (r_min, r_max) = spread(&raw);
-    let (s, r) = (median(subject), median(raw));
+    let (s, r, q) = (median(subject), median(raw), median(ratios));
     println!(
-        "{what:<28} {s:>10.0}/s [{s_min:.0}..{s_max:.0}]   raw {r:>10.0}/s [{r_min:.0}..{r_max:.0}]   ratio {:.2}",
-        s / r
+        "{what:<30} {s:>9.0}/s [{s_min:.0}..{s_max:.0}]  raw {r:>9.0}/s [{r_min:.0}..{r_max:.0}]  ratio {q:.2} [{q_min:.2}..{q_max:.2}]"
     );
 }
 
@@ -214,18 +224,32 @@ async fn main() {
         ),
     ] {
         let tag = label.replace(' ', "-");
-        let mut raw = Raw::open(&dir.path().join(format!("raw-{tag}")), durability);
+        let mut raw = Raw::open(
+            &dir.path().join(format!("raw-{tag}")),
+            durability,
+            rounds * ops,
+        );
         let mut subject = Subject::open(&dir.path().join(format!("sub-{tag}")), durability).await;
         let (mut t, mut c, mut r_t, mut r_c) = (vec![], vec![], vec![], vec![]);
         let (mut tc, mut r_tc) = (vec![], vec![]);
         raw.run(ops / 4); // warm-up
-        for _ in 0..rounds {
-            r_t.push(raw.run(ops));
-            t.push(subject.triggers(ops).await);
-            c.push(subject.claims(ops).await);
-            r_c.push(raw.run(ops));
-            tc.push(subject.concurrent_triggers(ops, CONCURRENCY).await);
-            r_tc.push(raw.run_concurrent(ops, CONCURRENCY));
+        for round in 0..rounds {
+            // Alternate which side goes first.
+            if round % 2 == 0 {
+                r_t.push(raw.run(ops));
+                t.push(subject.triggers(ops).await);
+                r_c.push(raw.run(ops));
+                c.push(subject.claims(ops).await);
+                r_tc.push(raw.run_concurrent(ops, CONCURRENCY));
+                tc.push(subject.concurrent_triggers(ops, CONCURRENCY).await);
+            } else {
+                t.push(subject.triggers(ops).await);
+                r_t.push(raw.run(ops));
+                c.push(subject.claims(ops).await);
+                r_c.push(raw.run(ops));
+                tc.push(subject.concurrent_triggers(ops, CONCURRENCY).await);
+                r_tc.push(raw.run_concurrent(ops, CONCURRENCY));
+            }
         }
         report(&format!("{label}: trigger"), t, r_t);
         report(&format!("{label}: claim (1 per call)"), c, r_c);

@@ -138,6 +138,15 @@ fn run_child_and_kill(dir: &std::path::Path, mode: &str, kill_after: usize) -> A
             other => panic!("bad line {other}"),
         }
         acked.lines += 1;
+        if acked.lines == 1 {
+            // The child holds the directory: another process must get a typed error.
+            match SledStore::open_with(config(dir, mode)) {
+                Err(keyloop_sled::SledError::Locked { path, .. }) => {
+                    assert_eq!(path, dir.canonicalize().unwrap());
+                }
+                other => panic!("expected Locked while the child runs, got {other:?}"),
+            }
+        }
         if acked.lines == kill_after && !killed {
             // std's kill is SIGKILL on unix: no destructor, no flush.
             child.kill().unwrap();
