@@ -24,7 +24,7 @@ pub enum Durability {
     #[default]
     FlushEach,
     /// Writes are acknowledged once they are in sled's memory and flushed in the
-    /// background every `interval`. A crash loses up to `interval` (plus the time of one
+    /// background every `interval` (and when the store closes). A crash loses up to `interval` (plus the time of one
     /// flush) of acknowledged work:
     /// - triggers: a new key may be missing from the registry and a trigger on a running
     ///   key may be forgotten, so a loop that completed may not run again for it;

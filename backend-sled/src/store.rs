@@ -31,8 +31,8 @@ const STRIPES: usize = 256;
 /// [`coordinator`](SledStore::coordinator) made from it shares the database, the node
 /// table and the in-process event bus. Opening a directory that this process already has
 /// open fails with [`SledError::AlreadyOpen`]; a directory locked by another process fails
-/// with [`SledError::Locked`]. The directory is closed when the last clone (and every
-/// coordinator made from it) is dropped.
+/// with [`SledError::Locked`]. The directory is flushed and closed when the last clone
+/// (and every coordinator made from it) is dropped.
 #[derive(Clone)]
 pub struct SledStore {
     pub(crate) inner: Arc<Handle>,
@@ -62,7 +62,14 @@ impl Drop for Handle {
         // Close the database before forgetting the path, so that a re-open in this process
         // never races sled's file lock.
         let mut open = lock_open_paths();
-        drop(self.core.take());
+        if let Some(core) = self.core.take() {
+            // A graceful close loses nothing, also in batched mode. sled flushes on drop as
+            // well; flushing here makes that explicit and reports a failure.
+            if let Err(e) = core.db.flush() {
+                tracing::error!(path = %core.label, error = %e, "flush on close failed");
+            }
+            drop(core);
+        }
         if let (Some(set), Some(path)) = (open.as_mut(), &self.registered) {
             set.remove(path);
         }

@@ -182,3 +182,27 @@ fn damaged_record_is_reported_at_open() {
     );
     assert!(err.to_string().contains("damaged record"));
 }
+
+#[tokio::test]
+async fn closing_a_batched_store_flushes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let config = SledConfig::builder()
+        .path(&path)
+        .durability(keyloop_sled::Durability::Batched {
+            interval: std::time::Duration::from_secs(3600),
+        })
+        .build()
+        .unwrap();
+    {
+        let store = SledStore::open_with(config).unwrap();
+        let c = store.coordinator();
+        for i in 0..100 {
+            c.trigger(&Key::new(format!("k{i}")).unwrap())
+                .await
+                .unwrap();
+        }
+    }
+    let store = SledStore::open(&path).unwrap();
+    assert_eq!(store.coordinator().inspect().await.unwrap().keys.len(), 100);
+}
