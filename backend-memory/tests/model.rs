@@ -29,6 +29,8 @@ const TTL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy)]
 enum Action {
     Complete,
+    /// Works a while (triggers may arrive unobserved), then completes.
+    SlowComplete,
     Continue,
     Fail,
     WaitTrigger,
@@ -58,6 +60,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         Just(Action::Complete),
+        Just(Action::SlowComplete),
         Just(Action::Continue),
         Just(Action::Fail),
         Just(Action::WaitTrigger),
@@ -118,6 +121,10 @@ impl Controller for Scripted {
         let action = self.script[self.next.fetch_add(1, Ordering::SeqCst) % self.script.len()];
         match action {
             Action::Complete => Ok(Decision::Complete),
+            Action::SlowComplete => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok(Decision::Complete)
+            }
             Action::Continue => Ok(Decision::Continue),
             Action::Fail => Err("scripted failure".into()),
             Action::WaitTrigger => match ctx.next().await {
