@@ -208,6 +208,13 @@ impl PostgresCoordinator {
         })
     }
 
+    /// The node's lease is gone for good (it must re-join under a new id): its listener
+    /// has nothing left to deliver, so its connection is closed.
+    fn expired(&self, node: &NodeId) -> CoordinatorError {
+        self.inner.listeners.lock().unwrap().remove(node);
+        CoordinatorError::LeaseExpired { node: *node }
+    }
+
     fn fenced(node: &NodeId, key: &Key, e: Epoch) -> CoordinatorError {
         CoordinatorError::Fenced {
             node: *node,
@@ -269,7 +276,7 @@ impl Coordinator for PostgresCoordinator {
             Some(r) => Ok(Lease {
                 ttl: Duration::from_micros(r.get::<_, i64>(0) as u64),
             }),
-            None => Err(CoordinatorError::LeaseExpired { node: *node }),
+            None => Err(self.expired(node)),
         }
     }
 
@@ -341,7 +348,7 @@ impl Coordinator for PostgresCoordinator {
             claims.extend(self.claims(&rows)?);
         }
         if claims.is_empty() && !self.is_alive(node).await? {
-            return Err(CoordinatorError::LeaseExpired { node: *node });
+            return Err(self.expired(node));
         }
         Ok(claims)
     }
@@ -369,7 +376,7 @@ impl Coordinator for PostgresCoordinator {
             return Ok(None);
         };
         if !r.get::<_, bool>(0) {
-            return Err(CoordinatorError::LeaseExpired { node: *node });
+            return Err(self.expired(node));
         }
         match (r.get::<_, Option<i64>>(1), r.get::<_, Option<i64>>(2)) {
             (Some(e), Some(s)) => Ok(Some(Claim {
@@ -450,7 +457,7 @@ impl Coordinator for PostgresCoordinator {
             .query("listing owned keys", &self.inner.sql.owned, &[&uuid(node)])
             .await?;
         if rows.is_empty() && !self.is_alive(node).await? {
-            return Err(CoordinatorError::LeaseExpired { node: *node });
+            return Err(self.expired(node));
         }
         self.claims(&rows)
     }

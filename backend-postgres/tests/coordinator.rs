@@ -250,6 +250,21 @@ async fn expired_node_is_fenced_and_its_keys_fail_over() {
         c.claim(&a.id, 1).await.unwrap_err(),
         CoordinatorError::LeaseExpired { .. }
     ));
+    // The expired node's listening connection is closed.
+    let raw = raw_client(&url).await;
+    let app = format!("keyloop-listener-{}", a.id);
+    eventually("expired node's listener closed", || async {
+        let n: i64 = raw
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    })
+    .await;
     c.save_state(&b.id, &k, taken.epoch, Bytes::from_static(b"v2"))
         .await
         .unwrap();
