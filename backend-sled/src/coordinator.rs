@@ -244,7 +244,18 @@ impl Coordinator for SledCoordinator {
                 let _stripe = core.stripe(key.as_str());
                 let record = match core.read(key.as_str())? {
                     Some(record) if core.claimable(&record) => record,
-                    // A stale hint: retired, parked or owned again since.
+                    // A stale hint. Owned by a live node: file it under that node again
+                    // rather than dropping it, so that if the node dies right now the
+                    // next `free_dead` still finds the key.
+                    Some(Record {
+                        owner: Some(owner),
+                        parked: None,
+                        ..
+                    }) => {
+                        core.index.acquired(&key, owner, None);
+                        continue;
+                    }
+                    // Retired or parked: a trigger makes it free again.
                     _ => {
                         core.index.drop_free(&key);
                         continue;
