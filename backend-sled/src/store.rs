@@ -23,6 +23,10 @@ static OPEN_PATHS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
 /// stripe, so claims, triggers, releases and fenced saves of one key are serialized. sled
 /// transactions could do this too, but they may re-run closures and cannot scan; the
 /// database is exclusive to this process anyway.
+///
+/// Lock order: a key's stripe, then the claim index, then the node table. The node table
+/// and the index never wait for anything while held, and no lock is held while an event
+/// is delivered or while a flush runs.
 const STRIPES: usize = 256;
 
 /// A keyloop database on sled, open in this process.
