@@ -52,6 +52,7 @@ impl Breakage {
                 "crashed_node_keys_not_claimed_before_ttl",
                 "trigger_reaches_owner_on_other_node",
                 "graceful_shutdown_hands_off_all_keys",
+                "trigger_storm_loses_nothing",
             ],
             Breakage::DropsTriggers => &[
                 "trigger_wakes_running_loop",
@@ -59,6 +60,7 @@ impl Breakage {
                 "burst_of_triggers_coalesces",
                 "trigger_during_complete_reruns_loop",
                 "lost_notification_does_not_lose_trigger",
+                "trigger_storm_loses_nothing",
             ],
             Breakage::UnfencedWrites => &[
                 "zombie_save_rejected_after_takeover",

@@ -61,6 +61,7 @@ pub mod cases {
     mod notifications;
     mod ownership;
     mod registry;
+    mod stress;
     mod supervision;
 
     pub use bad_input::*;
@@ -70,6 +71,7 @@ pub mod cases {
     pub use notifications::*;
     pub use ownership::*;
     pub use registry::*;
+    pub use stress::*;
     pub use supervision::*;
 }
 

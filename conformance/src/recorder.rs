@@ -39,6 +39,9 @@ pub enum Happening {
     Panicking,
     /// The loop's future was dropped without returning (the task was aborted).
     Dropped,
+    /// Not a loop event: the case is about to call `trigger` for the key (recorded with node
+    /// id 0, epoch 0), so the log orders triggers against loop starts.
+    TriggerSent,
 }
 
 impl Happening {
@@ -121,6 +124,11 @@ impl Log {
     /// How many distinct keys were started at least once.
     pub fn started_keys(&self) -> usize {
         self.runs_by_key.len()
+    }
+
+    /// The position of the last record of `key` matching `what`.
+    pub fn last_index(&self, key: &Key, what: impl Fn(&Happening) -> bool) -> Option<usize> {
+        self.last(key, what).map(|r| r.index)
     }
 
     /// Records of `key` matching `what`.
@@ -354,6 +362,18 @@ impl Recorder {
         };
         self.changed.send_modify(|v| *v += 1);
         run
+    }
+
+    /// Records that the case is about to trigger `key` from `by`.
+    pub fn trigger_sent(&self, by: &str, key: &Key) {
+        self.note(
+            by,
+            NodeId::from_u128(0),
+            key,
+            Epoch(0),
+            usize::MAX,
+            Happening::TriggerSent,
+        );
     }
 
     pub(crate) fn note(

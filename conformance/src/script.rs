@@ -67,6 +67,9 @@ pub enum Step {
     /// Wait for the gate without observing triggers (returning `Continue` if the shutdown
     /// signal comes first), then do the inner step.
     AfterGate(Gate, Box<Step>),
+    /// Yield to the scheduler this many times (letting other tasks, such as triggers, run
+    /// while the loop works), then do the inner step.
+    Yield(u32, Box<Step>),
     /// Observe triggers until the shutdown signal, then wait for the gate (ignoring
     /// everything else) and return `Continue`.
     HoldShutdown(Gate),
@@ -241,6 +244,12 @@ impl Run<'_> {
                             Ok(Decision::Continue)
                         }
                     }
+                }
+                Step::Yield(times, then) => {
+                    for _ in 0..*times {
+                        tokio::task::yield_now().await;
+                    }
+                    self.perform(then, ctx).await
                 }
                 Step::HoldShutdown(gate) => {
                     self.observe(ctx, None).await;
