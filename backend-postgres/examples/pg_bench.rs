@@ -173,7 +173,23 @@ async fn p6(url: &str) {
     listen.batch_execute("LISTEN bench_p6").await.unwrap();
     let notifier = raw(url).await;
 
-    let (mut subject, mut peer) = (Vec::new(), Vec::new());
+    // A second peer: the same commit work as a trigger (a durable row update) plus NOTIFY,
+    // to show how much of the trigger's latency is the commit itself.
+    notifier
+        .batch_execute(&format!(
+            "CREATE TABLE \"{s}\".p6_row (id int PRIMARY KEY, n bigint);
+             INSERT INTO \"{s}\".p6_row VALUES (1, 0)"
+        ))
+        .await
+        .unwrap();
+    let update_notify = notifier
+        .prepare(&format!(
+            "WITH u AS (UPDATE \"{s}\".p6_row SET n = n + 1 WHERE id = 1 RETURNING n)
+             SELECT pg_notify('bench_p6', n::text) FROM u"
+        ))
+        .await
+        .unwrap();
+    let (mut subject, mut peer, mut peer2) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..SAMPLES {
         let t = Instant::now();
         client.trigger("latency").await.unwrap();
@@ -187,9 +203,20 @@ async fn p6(url: &str) {
             .unwrap();
         let seen = note_rx.recv().await.unwrap();
         peer.push(seen - t);
+
+        let t = Instant::now();
+        notifier.query(&update_notify, &[]).await.unwrap();
+        let seen = note_rx.recv().await.unwrap();
+        peer2.push(seen - t);
     }
     subject.sort();
     peer.sort();
+    peer2.sort();
+    println!(
+        "P6 peer UPDATE+NOTIFY in one transaction p50 {:?} p99 {:?}",
+        percentile(&peer2, 0.5),
+        percentile(&peer2, 0.99)
+    );
     println!(
         "P6 trigger->loop p50 {:?} p99 {:?}  peer NOTIFY round trip p50 {:?} p99 {:?}  ratio p50 {:.1}x",
         percentile(&subject, 0.5),
