@@ -51,6 +51,7 @@ mod postgres_server;
 mod recorder;
 mod script;
 mod selftest;
+mod skip;
 
 /// Every case, one function each, named as in DESIGN §6.
 pub mod cases {
@@ -94,30 +95,6 @@ __with_cases! { __case_list {} }
 /// Used by the code [`conformance_tests!`] generates; not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::skip::{check_skipped, skip_reason};
     pub use tokio;
-
-    /// The reason `case` is skipped, if the backend skipped it.
-    pub fn skip_reason(
-        skipped: &[(&'static str, &'static str)],
-        case: &str,
-    ) -> Option<&'static str> {
-        skipped
-            .iter()
-            .find(|(name, _)| *name == case)
-            .map(|(_, why)| *why)
-    }
-
-    /// Panics if a skipped name is not a case (a typo would silently run nothing).
-    pub fn check_skipped(skipped: &[(&str, &str)]) {
-        for (name, why) in skipped {
-            assert!(
-                crate::CASES.contains(name),
-                "skipped case {name:?} does not exist"
-            );
-            assert!(
-                !why.trim().is_empty(),
-                "skipped case {name:?} needs a reason"
-            );
-        }
-    }
 }

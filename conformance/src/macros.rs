@@ -78,10 +78,21 @@ macro_rules! __with_cases {
 ///
 /// The backend needs no direct tokio dependency for this: the tests use the suite's own.
 ///
-/// ```ignore
-/// keyloop_conformance::conformance_tests!(MyHarness::new(), paused = false, skip = {
+/// ```
+/// # use std::sync::Arc;
+/// # use std::time::Duration;
+/// # use keyloop_conformance::{async_trait, Harness, Namespace};
+/// # struct MyHarness;
+/// # #[async_trait]
+/// # impl Harness for MyHarness {
+/// #     fn name(&self) -> &str { "mine" }
+/// #     fn lease_ttl(&self) -> Duration { Duration::from_secs(2) }
+/// #     async fn namespace(&self) -> Box<dyn Namespace> { unimplemented!() }
+/// # }
+/// keyloop_conformance::conformance_tests!(MyHarness, paused = false, skip = {
 ///     ten_thousand_keys_across_three_nodes: "the test server is too small",
 /// });
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! conformance_tests {

@@ -130,33 +130,33 @@ impl fmt::Debug for PostgresServer {
 }
 
 impl PostgresServer {
-    /// Initializes and starts a new server with test-friendly settings (`fsync` off,
-    /// 500 connections).
+    /// Starts a new server with test-friendly settings (`fsync` off, 500 connections). Its
+    /// data directory is a copy of a per-process template made by `initdb` once, on
+    /// `/dev/shm` when available, so starting many servers is cheap.
     pub fn start() -> Result<PostgresServer, PostgresServerError> {
-        Self::start_with(&[("fsync", "off"), ("synchronous_commit", "off")])
+        Self::launch(&[("fsync", "off"), ("synchronous_commit", "off")], true)
     }
 
-    /// Like [`start`](PostgresServer::start) but durable (`fsync` on), for benchmarks whose
-    /// figures should reflect a real server.
+    /// Like [`start`](PostgresServer::start) but durable (`fsync` on, data on disk, fresh
+    /// `initdb`), for benchmarks whose figures should reflect a real server.
     pub fn start_durable() -> Result<PostgresServer, PostgresServerError> {
-        Self::start_with(&[])
+        Self::launch(&[], false)
     }
 
-    /// Initializes and starts a new server with extra `postgresql.conf` settings.
+    /// Initializes (fresh `initdb`, on disk) and starts a new server with extra
+    /// `postgresql.conf` settings.
     pub fn start_with(settings: &[(&str, &str)]) -> Result<PostgresServer, PostgresServerError> {
+        Self::launch(settings, false)
+    }
+
+    fn launch(
+        settings: &[(&str, &str)],
+        fast: bool,
+    ) -> Result<PostgresServer, PostgresServerError> {
         let bindir = find_bindir()?;
         let run_as_postgres = is_root();
-        // Keep the directory ourselves: it is removed by the watcher script or by `Drop`.
-        let dir = tempfile::Builder::new()
-            .prefix("keyloop-pg-")
-            .tempdir()
-            .map_err(io_err("creating a temporary directory"))?
-            .keep();
-        if run_as_postgres {
-            let (uid, gid) = postgres_ids()?;
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                .map_err(io_err(format!("handing {} to postgres", dir.display())))?;
-        }
+        let root = if fast { fast_root() } else { None };
+        let dir = server_dir(root.as_deref(), run_as_postgres)?;
         let mut all = vec![
             ("max_connections".to_owned(), "500".to_owned()),
             ("shared_buffers".to_owned(), "64MB".to_owned()),
@@ -166,7 +166,7 @@ impl PostgresServer {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
-        let server = PostgresServer {
+        let mut server = PostgresServer {
             bindir,
             port: 0,
             dir,
@@ -174,8 +174,19 @@ impl PostgresServer {
             settings: all,
             running: Mutex::new(None),
         };
-        server.initdb()?;
-        let mut server = server;
+        let template = if fast {
+            template(&server.bindir, root.as_deref(), run_as_postgres)
+        } else {
+            Err(String::new())
+        };
+        match template {
+            Ok(data) => {
+                let mut cmd = Command::new("cp");
+                cmd.arg("-a").arg(data).arg(server.data_dir());
+                run(cmd, "cp -a <template> <data>")?;
+            }
+            Err(_) => initdb(&server.bindir, &server.dir, run_as_postgres)?,
+        }
         server.port = free_port()?;
         server.resume()?;
         Ok(server)
@@ -322,34 +333,114 @@ exit $status
         }
     }
 
-    fn initdb(&self) -> Result<(), PostgresServerError> {
-        let pwfile = self.dir.join("pwfile");
-        std::fs::write(&pwfile, TEST_PASSWORD).map_err(io_err("writing the password file"))?;
-        if self.run_as_postgres {
-            let (uid, gid) = postgres_ids()?;
-            std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))
-                .map_err(io_err("handing the password file to postgres"))?;
-        }
-        let mut cmd = self.command(self.bindir.join("initdb"));
-        cmd.arg("-D")
-            .arg(self.data_dir())
-            .args(["-U", TEST_USER, "-E", "UTF8", "--locale=C"])
-            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
-            .arg(format!("--pwfile={}", pwfile.display()))
-            .arg("--no-sync");
-        run(cmd, "initdb")
-    }
-
     fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        if self.run_as_postgres {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(program);
-            cmd.current_dir(&self.dir);
-            cmd
-        } else {
-            Command::new(program)
-        }
+        server_user_command(self.run_as_postgres, &self.dir, program)
     }
+}
+
+/// `program` run as the user that runs the server.
+fn server_user_command(
+    run_as_postgres: bool,
+    dir: &Path,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> Command {
+    if run_as_postgres {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd.current_dir(dir);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A fresh directory for one server (or the template), kept by us: it is removed by the
+/// watcher script or by `Drop`.
+fn server_dir(root: Option<&Path>, run_as_postgres: bool) -> Result<PathBuf, PostgresServerError> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("keyloop-pg-");
+    let dir = match root {
+        Some(root) => builder.tempdir_in(root),
+        None => builder.tempdir(),
+    }
+    .map_err(io_err("creating a temporary directory"))?
+    .keep();
+    if run_as_postgres {
+        let (uid, gid) = postgres_ids()?;
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+            .map_err(io_err(format!("handing {} to postgres", dir.display())))?;
+    }
+    Ok(dir)
+}
+
+/// `/dev/shm` if it is a usable directory: test servers there start and run faster.
+fn fast_root() -> Option<PathBuf> {
+    let shm = PathBuf::from("/dev/shm");
+    let probe = tempfile::Builder::new()
+        .prefix("keyloop-probe-")
+        .tempdir_in(&shm);
+    probe.is_ok().then_some(shm)
+}
+
+/// Runs `initdb` into `dir/data` with the test superuser and password.
+fn initdb(bindir: &Path, dir: &Path, run_as_postgres: bool) -> Result<(), PostgresServerError> {
+    let pwfile = dir.join("pwfile");
+    std::fs::write(&pwfile, TEST_PASSWORD).map_err(io_err("writing the password file"))?;
+    if run_as_postgres {
+        let (uid, gid) = postgres_ids()?;
+        std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid))
+            .map_err(io_err("handing the password file to postgres"))?;
+    }
+    let mut cmd = server_user_command(run_as_postgres, dir, bindir.join("initdb"));
+    cmd.arg("-D")
+        .arg(dir.join("data"))
+        .args(["-U", TEST_USER, "-E", "UTF8", "--locale=C"])
+        .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .arg("--no-sync");
+    run(cmd, "initdb")
+}
+
+/// A data directory made by `initdb` once per process, copied for each fast server.
+struct Template {
+    data: PathBuf,
+    /// Our end of the pipe to the cleanup watcher: closed at process exit, which removes
+    /// the template (statics are never dropped).
+    _cleanup: ChildStdin,
+}
+
+fn template(
+    bindir: &Path,
+    root: Option<&Path>,
+    run_as_postgres: bool,
+) -> Result<&'static Path, String> {
+    static TEMPLATE: OnceLock<Result<Template, String>> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let make = || -> Result<Template, PostgresServerError> {
+                let dir = server_dir(root, run_as_postgres)?;
+                let mut watcher = Command::new("sh")
+                    .arg("-c")
+                    .arg(r#"read _; rm -rf "$1""#)
+                    .arg("keyloop-pg-template")
+                    .arg(&dir)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(io_err("spawning the template cleaner"))?;
+                let cleanup = watcher.stdin.take().expect("piped stdin");
+                initdb(bindir, &dir, run_as_postgres)?;
+                Ok(Template {
+                    data: dir.join("data"),
+                    _cleanup: cleanup,
+                })
+            };
+            make().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map(|t| t.data.as_path())
+        .map_err(Clone::clone)
 }
 
 impl Drop for PostgresServer {
