@@ -31,6 +31,9 @@ const QUERY: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// Answers larger than this are decoded on a blocking thread.
+const LARGE_ANSWER: usize = 64 * 1024;
+
 /// Consul's default value size limit (`limits.kv_max_value_size`).
 pub const CONSUL_MAX_VALUE_BYTES: usize = 512 * 1024;
 
@@ -610,15 +613,25 @@ impl ConsulClient {
         let (status, index, bytes) = self.send(Method::GET, &path, &query, None, timeout).await?;
         match status {
             StatusCode::OK => {
-                let raw: Vec<RawEntry> = self.decode(&path, &bytes)?;
-                let entries = raw
-                    .into_iter()
-                    .map(RawEntry::decode)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|detail| ClientError::Decode {
-                        url: self.url(&path),
-                        detail,
-                    })?;
+                let large = bytes.len() > LARGE_ANSWER;
+                let parse = move || -> Result<Vec<KvEntry>, String> {
+                    let raw: Vec<RawEntry> =
+                        serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                    raw.into_iter().map(RawEntry::decode).collect()
+                };
+                // Large listings are decoded off the async workers, so that heartbeats
+                // and other requests of this process are not held up behind them.
+                let parsed = if large {
+                    tokio::task::spawn_blocking(parse)
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()))
+                } else {
+                    parse()
+                };
+                let entries = parsed.map_err(|detail| ClientError::Decode {
+                    url: self.url(&path),
+                    detail,
+                })?;
                 Ok(Indexed {
                     value: entries,
                     index,

@@ -26,8 +26,6 @@ use crate::watch;
 
 /// Keys claimed per transaction (four operations each, within [`TXN_MAX_OPS`]).
 const CLAIM_BATCH: usize = TXN_MAX_OPS / 4;
-/// How often one claim batch is retried after losing some of its keys to other claimers.
-const CLAIM_ATTEMPTS: usize = 4;
 /// The candidate list is re-read at most this often while it still has keys…
 const RELIST_BUSY: Duration = Duration::from_millis(250);
 /// …and at most this often once it is empty.
@@ -54,6 +52,9 @@ pub(crate) struct Local {
     pub(crate) stale: bool,
     candidates: Vec<Key>,
     listed_at: Option<Instant>,
+    /// How long the last listing took: listings of large registries are spaced out in
+    /// proportion, so claiming never eats most of the node's time.
+    list_cost: Duration,
 }
 
 pub(crate) struct NodeState {
@@ -267,18 +268,24 @@ impl ConsulCoordinator {
     async fn candidates(&self, node: &NodeState, max: usize) -> Result<Vec<Key>, CoordinatorError> {
         let relist = {
             let local = node.local.lock().unwrap();
+            let cost = local.list_cost;
             let age = local.listed_at.map(|t| t.elapsed());
             match age {
                 None => true,
                 Some(age) if local.candidates.is_empty() => {
-                    (local.stale || age >= Duration::from_secs(1)) && age >= RELIST_EMPTY
+                    (local.stale || age >= RELIST_MAX_AGE.max(cost * 20))
+                        && age >= RELIST_EMPTY.max(cost * 4)
                 }
-                Some(age) => (local.stale && age >= RELIST_BUSY) || age >= RELIST_MAX_AGE,
+                Some(age) => {
+                    (local.stale && age >= RELIST_BUSY.max(cost * 8))
+                        || age >= RELIST_MAX_AGE.max(cost * 20)
+                }
             }
         };
         if relist {
             let listed_at = Instant::now();
             let keys = self.list_keys().await?;
+            let cost = listed_at.elapsed();
             let mut free: Vec<Key> = keys
                 .into_iter()
                 .filter(|(_, e)| {
@@ -293,6 +300,7 @@ impl ConsulCoordinator {
             let mut local = node.local.lock().unwrap();
             local.candidates = free;
             local.listed_at = Some(listed_at);
+            local.list_cost = cost;
             local.stale = false;
         }
         let mut local = node.local.lock().unwrap();
@@ -356,16 +364,14 @@ impl ConsulCoordinator {
         }
     }
 
-    /// Claims `keys` in one transaction, dropping those another node got first.
+    /// Claims `keys` in one transaction, dropping those another node got first (each failed
+    /// attempt drops at least one key, so this ends).
     async fn claim_batch(
         &self,
         node: &NodeState,
         mut keys: Vec<Key>,
     ) -> Result<Vec<Claim>, CoordinatorError> {
-        for _ in 0..CLAIM_ATTEMPTS {
-            if keys.is_empty() {
-                break;
-            }
+        while !keys.is_empty() {
             let ops: Vec<TxnOp> = keys.iter().flat_map(|k| self.claim_ops(node, k)).collect();
             match self.txn(&ops).await? {
                 TxnOutcome::Committed(results) => {
@@ -386,6 +392,13 @@ impl ConsulCoordinator {
                         return Err(self.lease_lost(node));
                     }
                     let lost: Vec<usize> = failures.iter().map(|f| f.op_index / 4).collect();
+                    if lost.is_empty() {
+                        return Err(CoordinatorError::backend(
+                            BACKEND,
+                            "claim transaction rolled back without naming a failed operation",
+                            None,
+                        ));
+                    }
                     keys = keys
                         .into_iter()
                         .enumerate()
@@ -586,10 +599,20 @@ impl Coordinator for ConsulCoordinator {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let keys = self.candidates(&n, max).await?;
+        // Candidates lost to other claimers are replaced by further ones, so an empty answer
+        // means no candidate is left, not that this node lost every race.
         let mut claims = Vec::new();
-        for chunk in keys.chunks(CLAIM_BATCH) {
-            claims.extend(self.claim_batch(&n, chunk.to_vec()).await?);
+        loop {
+            let keys = self.candidates(&n, max - claims.len()).await?;
+            if keys.is_empty() {
+                break;
+            }
+            for chunk in keys.chunks(CLAIM_BATCH) {
+                claims.extend(self.claim_batch(&n, chunk.to_vec()).await?);
+            }
+            if claims.len() >= max {
+                break;
+            }
         }
         self.record_claims(&n, &mut claims);
         Ok(claims)
@@ -780,7 +803,7 @@ impl Coordinator for ConsulCoordinator {
             .filter_map(|(key, e)| {
                 let own = e.own?;
                 let reg = e.reg?;
-                (own.session.as_deref() == Some(n.session.as_str())).then(|| Claim {
+                (own.session.as_deref() == Some(n.session.as_str())).then_some(Claim {
                     key,
                     epoch: Epoch(own.modify_index),
                     trigger_seq: TriggerSeq(reg.modify_index),

@@ -726,3 +726,57 @@ async fn request_counts_per_operation() {
         "{trigger_owned_total}"
     );
 }
+
+/// Failover after a crash, with Consul's bound: the session is invalidated between TTL and
+/// 2×TTL after the last renew, then the next claim takes the keys.
+#[tokio::test]
+async fn crash_failover_within_twice_the_ttl() {
+    let emu = emulator().await;
+    let ttl = Duration::from_millis(1000);
+    let claim_interval = ttl / 10;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let start_engine = |name: &'static str| {
+        let tx = tx.clone();
+        let coord: Arc<dyn Coordinator> = Arc::new(coordinator(&emu, Duration::ZERO));
+        Engine::builder(
+            coord,
+            controller_fn(move |key: Key, ctx| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((name, key, ctx.epoch(), Instant::now()));
+                    ctx.shutdown().await;
+                    Ok(Decision::Continue)
+                }
+            }),
+        )
+        .config(move |c| {
+            c.node_name(name)
+                .lease_ttl(ttl)
+                .heartbeat_interval(ttl / 5)
+                .fence_margin(ttl / 5)
+                .claim_interval(claim_interval)
+        })
+        .start()
+    };
+    let a = start_engine("a").await.unwrap();
+    a.trigger("crash/1").await.unwrap();
+    let (node, _, epoch_a, _) = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(node, "a");
+    let b = start_engine("b").await.unwrap();
+    let killed = Instant::now();
+    a.kill();
+    let (node, key, epoch_b, at) = timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let took = at - killed;
+    assert_eq!((node, key.as_str()), ("b", "crash/1"));
+    assert!(epoch_b > epoch_a);
+    // The last renew was at most one heartbeat before the kill.
+    assert!(
+        took >= ttl - ttl / 5,
+        "taken over before the lease could expire: {took:?}"
+    );
+    assert!(
+        took <= 2 * ttl + claim_interval + ttl / 2,
+        "failover took {took:?}"
+    );
+    b.shutdown().await;
+}

@@ -327,6 +327,39 @@ async fn handle(
     Ok(resp)
 }
 
+/// A KV entry as Consul renders it (typed, so large listings serialize quickly).
+#[derive(serde::Serialize)]
+struct EntryOut<'a> {
+    #[serde(rename = "LockIndex")]
+    lock_index: u64,
+    #[serde(rename = "Key")]
+    key: &'a str,
+    #[serde(rename = "Flags")]
+    flags: u64,
+    #[serde(rename = "Value")]
+    value: Option<String>,
+    #[serde(rename = "Session", skip_serializing_if = "Option::is_none")]
+    session: Option<&'a str>,
+    #[serde(rename = "CreateIndex")]
+    create_index: u64,
+    #[serde(rename = "ModifyIndex")]
+    modify_index: u64,
+}
+
+impl<'a> EntryOut<'a> {
+    fn new(key: &'a str, e: &'a Entry, with_value: bool) -> EntryOut<'a> {
+        EntryOut {
+            lock_index: e.lock_index,
+            key,
+            flags: e.flags,
+            value: (with_value && !e.value.is_empty()).then(|| B64.encode(&e.value)),
+            session: e.session.as_deref(),
+            create_index: e.create_index,
+            modify_index: e.modify_index,
+        }
+    }
+}
+
 fn entry_json(key: &str, e: &Entry, with_value: bool) -> Value {
     let mut v = json!({
         "LockIndex": e.lock_index,
@@ -373,28 +406,66 @@ async fn kv_get(
     let mut changes = shared.changed.subscribe();
     loop {
         changes.borrow_and_update();
-        let (status, body, index) = {
+        // Cheap index check first: only a query about to answer builds its body.
+        let index = {
             let store = shared.store.lock().unwrap();
             if recurse || keys {
-                let items = store.list(key);
-                let index = store.prefix_index(key);
-                if items.is_empty() {
-                    (StatusCode::NOT_FOUND, Value::Null, index)
-                } else if keys {
-                    let names: Vec<Value> = items.iter().map(|(k, _)| json!(k)).collect();
-                    (StatusCode::OK, Value::Array(names), index)
-                } else {
-                    let all: Vec<Value> =
-                        items.iter().map(|(k, e)| entry_json(k, e, true)).collect();
-                    (StatusCode::OK, Value::Array(all), index)
-                }
+                store.prefix_index(key)
             } else {
-                let index = store.key_index(key);
-                match store.get(key) {
-                    Some(e) => (StatusCode::OK, json!([entry_json(key, e, true)]), index),
-                    None => (StatusCode::NOT_FOUND, Value::Null, index),
-                }
+                store.key_index(key)
             }
+        };
+        let ready =
+            want == 0 || index.max(1) > want || index_fault.is_some() || Instant::now() >= deadline;
+        if !ready {
+            tokio::select! {
+                r = changes.changed() => { if r.is_err() { return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"); } }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            continue;
+        }
+        // Copy what the answer needs under the lock; render it outside, so that a large
+        // listing does not hold up every other request.
+        let (found, index) = {
+            let store = shared.store.lock().unwrap();
+            if recurse || keys {
+                let items: Vec<(String, Entry)> = store
+                    .list(key)
+                    .into_iter()
+                    .map(|(k, e)| (k.to_string(), e.clone()))
+                    .collect();
+                (items, store.prefix_index(key))
+            } else {
+                let items = store
+                    .get(key)
+                    .map(|e| (key.to_string(), e.clone()))
+                    .into_iter()
+                    .collect();
+                (items, store.key_index(key))
+            }
+        };
+        let large = found.len() > 256;
+        let render = move || -> (StatusCode, Vec<u8>) {
+            if found.is_empty() {
+                (StatusCode::NOT_FOUND, Vec::new())
+            } else if keys {
+                let names: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
+                (StatusCode::OK, serde_json::to_vec(&names).unwrap())
+            } else {
+                let all: Vec<EntryOut<'_>> = found
+                    .iter()
+                    .map(|(k, e)| EntryOut::new(k, e, true))
+                    .collect();
+                (StatusCode::OK, serde_json::to_vec(&all).unwrap())
+            }
+        };
+        let (status, body) = if large {
+            match tokio::task::spawn_blocking(render).await {
+                Ok(r) => r,
+                Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "render failed"),
+            }
+        } else {
+            render()
         };
         // Consul never reports 0, so that clients do not busy-loop.
         let index = index.max(1);
@@ -408,11 +479,7 @@ async fn kv_get(
                 Some(FaultKind::IndexZero) => 0,
                 _ => index,
             };
-            let r = if status == StatusCode::NOT_FOUND {
-                respond(status, Bytes::new())
-            } else {
-                json_resp(status, &body)
-            };
+            let r = respond(status, body);
             return with_index(r, reported);
         }
         tokio::select! {

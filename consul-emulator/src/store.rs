@@ -63,6 +63,9 @@ pub(crate) struct Store {
     sessions: HashMap<String, Session>,
     lock_delays: HashMap<String, Instant>,
     journal: Option<Vec<Undo>>,
+    /// Newest tombstone index per prefix that blocking queries asked about, so a query on
+    /// a prefix with many deleted keys does not rescan them on every write.
+    tomb_max: std::cell::RefCell<HashMap<String, u64>>,
 }
 
 impl Store {
@@ -75,6 +78,7 @@ impl Store {
             sessions: HashMap::new(),
             lock_delays: HashMap::new(),
             journal: None,
+            tomb_max: std::cell::RefCell::new(HashMap::new()),
         }
     }
 
@@ -113,16 +117,26 @@ impl Store {
     /// The index a blocking query on a prefix reports.
     pub(crate) fn prefix_index(&self, prefix: &str) -> u64 {
         let live = self.list(prefix).iter().map(|(_, e)| e.modify_index).max();
-        let dead = self
-            .tombstones
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, i)| *i)
-            .max();
+        let dead = self.tombstone_max(prefix);
         match live.max(dead) {
             Some(i) if i > 0 => i,
             _ => self.kv_index,
         }
+    }
+
+    fn tombstone_max(&self, prefix: &str) -> Option<u64> {
+        if let Some(max) = self.tomb_max.borrow().get(prefix) {
+            return Some(*max).filter(|m| *m > 0);
+        }
+        let max = self
+            .tombstones
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, i)| *i)
+            .max()
+            .unwrap_or(0);
+        self.tomb_max.borrow_mut().insert(prefix.to_string(), max);
+        Some(max).filter(|m| *m > 0)
     }
 
     // ----- KV writes (journaled inside transactions) -----
@@ -134,7 +148,14 @@ impl Store {
         };
         let old_tomb = match entry {
             Some(_) => self.tombstones.remove(key),
-            None if old.is_some() => self.tombstones.insert(key.to_string(), idx),
+            None if old.is_some() => {
+                for (prefix, max) in self.tomb_max.get_mut().iter_mut() {
+                    if key.starts_with(prefix.as_str()) {
+                        *max = (*max).max(idx);
+                    }
+                }
+                self.tombstones.insert(key.to_string(), idx)
+            }
             None => self.tombstones.get(key).copied(),
         };
         if let Some(journal) = &mut self.journal {
@@ -336,6 +357,7 @@ impl Store {
             }
         }
         self.kv_index = saved_kv_index;
+        self.tomb_max.get_mut().clear();
     }
 
     pub(crate) fn kv_index(&self) -> u64 {
