@@ -454,3 +454,108 @@ impl Recorder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(s: &str) -> Key {
+        Key::new(s).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sequential_owners_with_rising_epochs_are_consistent() {
+        let r = Recorder::new();
+        let (a, b) = (NodeId::random(), NodeId::random());
+        let run = r.start("a", a, &k("x"), Epoch(1));
+        r.note(
+            "a",
+            a,
+            &k("x"),
+            Epoch(1),
+            run,
+            Happening::End(Decision::Continue),
+        );
+        let run = r.start("b", b, &k("x"), Epoch(2));
+        // A restart on the same node keeps the epoch.
+        r.note(
+            "b",
+            b,
+            &k("x"),
+            Epoch(2),
+            run,
+            Happening::Failed("e".into()),
+        );
+        r.start("b", b, &k("x"), Epoch(2));
+        r.assert_consistent();
+        let log = r.lock();
+        assert_eq!(log.start_count(&k("x")), 3);
+        assert_eq!(log.live_on("b"), 1);
+        assert_eq!(log.max_live_on("a"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "two live loops")]
+    async fn overlapping_loops_are_a_violation() {
+        let r = Recorder::new();
+        r.start("a", NodeId::random(), &k("x"), Epoch(1));
+        r.start("b", NodeId::random(), &k("x"), Epoch(2));
+        r.assert_consistent();
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "epoch did not increase")]
+    async fn a_reused_epoch_on_another_node_is_a_violation() {
+        let r = Recorder::new();
+        let a = NodeId::random();
+        let run = r.start("a", a, &k("x"), Epoch(5));
+        r.note("a", a, &k("x"), Epoch(5), run, Happening::Dropped);
+        r.start("b", NodeId::random(), &k("x"), Epoch(5));
+        r.assert_consistent();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn allowed_overlap_is_not_a_violation() {
+        let r = Recorder::new();
+        r.allow_overlap(&k("x"));
+        r.start("a", NodeId::random(), &k("x"), Epoch(1));
+        r.start("b", NodeId::random(), &k("x"), Epoch(2));
+        r.assert_consistent();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_until_times_out_with_the_log() {
+        let r = Recorder::new();
+        r.start("a", NodeId::random(), &k("x"), Epoch(1));
+        let waiting = r.clone();
+        let waited = tokio::spawn(async move {
+            waiting
+                .wait_until("two starts", Duration::from_secs(5), |log| {
+                    log.start_count(&k("x")) == 2
+                })
+                .await
+        })
+        .await;
+        let panic = waited.unwrap_err().into_panic();
+        let message = panic.downcast_ref::<String>().unwrap();
+        assert!(
+            message.contains("timed out after 5s waiting until two starts"),
+            "{message}"
+        );
+        assert!(message.contains("key=\"x\""), "{message}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_until_wakes_on_new_records() {
+        let r = Recorder::new();
+        let writer = r.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            writer.start("a", NodeId::random(), &k("x"), Epoch(1));
+        });
+        r.wait_until("a start", Duration::from_secs(5), |log| {
+            log.started_keys() == 1
+        })
+        .await;
+    }
+}

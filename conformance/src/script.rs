@@ -58,6 +58,8 @@ pub enum Step {
     FailOnShutdown,
     /// Observe this many trigger bursts, then return `Complete` (`Continue` on shutdown).
     WaitTriggers(usize),
+    /// Observe one trigger burst, then fail (`Continue` on shutdown).
+    FailAfterTrigger,
     /// Record the shutdown signal but never return.
     IgnoreShutdown,
     /// Return an error at once.
@@ -232,6 +234,10 @@ impl Run<'_> {
                     std::future::pending().await
                 }
                 Step::Fail => Err(SCRIPTED_FAILURE.into()),
+                Step::FailAfterTrigger => match self.observe(ctx, Some(1)).await {
+                    Some(_) => Ok(Decision::Continue),
+                    None => Err(SCRIPTED_FAILURE.into()),
+                },
                 Step::Panic => {
                     self.note(Happening::Panicking);
                     panic!("scripted panic");

@@ -34,11 +34,18 @@ pub async fn triggered_key_runs(harness: &dyn Harness) {
     assert_eq!(info.key, k);
     assert!(info.trigger_seq >= out.seq, "{info:?} vs {out:?}");
 
+    let triggered = tokio::time::Instant::now();
     case.wait("the key's loop starts", |log| log.start_count(&k) == 1)
         .await;
     let start = case.recorder.lock().starts(&k)[0].clone();
     let a_id = a.engine.node_id().expect("a joined");
     assert_eq!(start.node_id, a_id);
+    // G6: a new key gets its loop at once, not after a claim interval or a TTL.
+    let took = start.at - triggered;
+    assert!(
+        took < case.claim_interval() * 2,
+        "a new key waited {took:?} for its loop"
+    );
 
     let info = other
         .key_info(&k)

@@ -17,7 +17,10 @@ pub async fn loop_error_restarts_with_backoff(harness: &dyn Harness) {
         &k,
         vec![Step::Fail, Step::Fail, Step::Fail, Step::UntilShutdown],
     );
-    let a = case.node_with("a", |c| c.max_failures(10)).await;
+    let healthy = case.ttl / 2;
+    let a = case
+        .node_with("a", |c| c.max_failures(10).healthy_run(healthy))
+        .await;
     a.engine.trigger(k.clone()).await.expect("trigger");
     case.wait("three failures", |log| log.count(&k, failed) == 3)
         .await;
@@ -69,6 +72,33 @@ pub async fn loop_error_restarts_with_backoff(harness: &dyn Harness) {
     }
     let status = a.engine.status(k.clone()).await.expect("status");
     assert!(matches!(status, KeyStatus::Running { .. }), "{status:?}");
+
+    // A failure after a healthy run starts the count (and the backoff) afresh.
+    let healed = key("supervision/healed");
+    case.script.set(
+        &healed,
+        vec![Step::Fail, Step::FailAfterTrigger, Step::UntilShutdown],
+    );
+    a.engine.trigger(healed.clone()).await.expect("trigger");
+    case.wait("the second run", |log| log.start_count(&healed) == 2)
+        .await;
+    // The run must last a healthy run's length: waiting is what this checks.
+    tokio::time::sleep(healthy * 2).await;
+    a.engine.trigger(healed.clone()).await.expect("trigger");
+    let status = eventually(
+        "the healed loop's next failure shows as in backoff",
+        case.ttl,
+        case.ttl / 200,
+        || async {
+            let status = a.engine.status(healed.clone()).await.expect("status");
+            matches!(&status, KeyStatus::Backoff { .. }).then_some(status)
+        },
+    )
+    .await;
+    assert!(
+        matches!(status, KeyStatus::Backoff { failures: 1, .. }),
+        "a failure after a healthy run counts as the first: {status:?}"
+    );
     case.recorder.assert_consistent();
 }
 
