@@ -140,6 +140,11 @@ fn epoch_of(own: &KvEntry) -> Option<Epoch> {
     Some(Epoch(own.modify_index))
 }
 
+/// The `ModifyIndex` of a transaction's last result (the read that ends a fenced check).
+fn last_index(results: &[KvEntry]) -> u64 {
+    results.last().map_or(0, |e| e.modify_index)
+}
+
 fn invalid_session(failures: &[TxnFailure]) -> bool {
     failures.iter().any(|f| f.what.contains("invalid session"))
 }
@@ -631,7 +636,7 @@ impl Coordinator for ConsulCoordinator {
                     return Ok(Some(Claim {
                         key: key.clone(),
                         epoch: Epoch(owned.epoch),
-                        trigger_seq: TriggerSeq(r[2].modify_index.max(owned.seen)),
+                        trigger_seq: TriggerSeq(last_index(&r).max(owned.seen)),
                     }));
                 }
                 TxnOutcome::RolledBack(_) => {
@@ -719,7 +724,7 @@ impl Coordinator for ConsulCoordinator {
                         key: self.layout.reg(key),
                     });
                     let seq = match self.txn(&ops).await? {
-                        TxnOutcome::Committed(r) => r[2].modify_index,
+                        TxnOutcome::Committed(r) => last_index(&r),
                         TxnOutcome::RolledBack(_) => return Err(Self::fenced(&n, key, epoch)),
                     };
                     if seq <= observed {

@@ -780,3 +780,63 @@ async fn crash_failover_within_twice_the_ttl() {
     );
     b.shutdown().await;
 }
+
+/// Stress: triggers racing with `Complete` are never lost. Every trigger that returned
+/// before the release was answered is either reported by `Retriggered` or re-registers the
+/// key after the retirement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_racing_complete_are_never_lost() {
+    let emu = emulator().await;
+    let c = Arc::new(coordinator(&emu, Duration::ZERO));
+    let a = join(&c, "a").await;
+    let triggerer = Arc::new(coordinator(&emu, Duration::ZERO));
+    for round in 0..40 {
+        let k = key(&format!("race/{round}"));
+        let first = c.trigger(&k).await.unwrap();
+        let claim = c.claim_key(&a.id, &k).await.unwrap().unwrap();
+        assert_eq!(claim.trigger_seq, first.seq);
+        let racing = {
+            let t = triggerer.clone();
+            let k = k.clone();
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for _ in 0..(round % 4) {
+                    seqs.push(t.trigger(&k).await.unwrap().seq);
+                }
+                seqs
+            })
+        };
+        let mut observed = claim.trigger_seq;
+        let retired = loop {
+            match c
+                .release(
+                    &a.id,
+                    &k,
+                    claim.epoch,
+                    Release::Complete {
+                        observed_seq: observed,
+                    },
+                )
+                .await
+                .unwrap()
+            {
+                Released::Retired => break observed,
+                Released::Retriggered { seq } => {
+                    assert!(seq > observed, "retriggered with a newer sequence");
+                    observed = seq;
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        let seqs = racing.await.unwrap();
+        let after = c.key_info(&k).await.unwrap();
+        for s in seqs {
+            let seen = s <= retired;
+            let survives = after.as_ref().is_some_and(|info| info.trigger_seq >= s);
+            assert!(
+                seen || survives,
+                "trigger {s:?} lost (retired at {retired:?}, now {after:?})"
+            );
+        }
+    }
+}
