@@ -124,7 +124,8 @@ async fn blocking_query_wakes_on_change_and_times_out_with_jitter() {
     let took = start.elapsed();
     assert_eq!(index_of(&r), idx);
     assert!(took >= Duration::from_millis(320), "{took:?}");
-    assert!(took < Duration::from_millis(320 + 20 + 200), "{took:?}");
+    // wait/16 of jitter plus generous room for a loaded machine.
+    assert!(took < Duration::from_millis(320 + 20 + 1500), "{took:?}");
 
     // A change wakes it.
     let waiter = {
