@@ -2,7 +2,10 @@
 //! "provisions" virtual machines, keys are triggered and re-triggered, and one node shuts
 //! down gracefully so its keys move to the others.
 //!
-//! Run with `cargo run --example quickstart`. It finishes by itself.
+//! Run with `cargo run --example quickstart`. It finishes by itself. The backend is the
+//! embedded sled store in a temporary directory; `cargo run --example quickstart -- DIR`
+//! keeps the data in `DIR` (run it twice to see the registry survive), and
+//! `-- --memory` uses the in-memory backend.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,12 +82,34 @@ async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cluster = keyloop::memory::MemoryCluster::new();
+    let arg = std::env::args().nth(1);
+    let (backend, new_coordinator): (String, Box<dyn Fn() -> Arc<dyn Coordinator>>) =
+        match arg.as_deref() {
+            Some("--memory") => {
+                let cluster = keyloop::memory::MemoryCluster::new();
+                ("memory".into(), Box::new(move || cluster.coordinator()))
+            }
+            Some(dir) => {
+                let store = keyloop::sled::SledStore::open(dir)?;
+                (
+                    format!("sled in {dir}"),
+                    Box::new(move || store.coordinator() as Arc<dyn Coordinator>),
+                )
+            }
+            None => {
+                let store = keyloop::sled::SledStore::temporary()?;
+                (
+                    "sled in a temporary directory".into(),
+                    Box::new(move || store.coordinator() as Arc<dyn Coordinator>),
+                )
+            }
+        };
+    println!("backend: {backend}");
     let counters = Arc::new(Counters::default());
 
     let mut engines = Vec::new();
     for name in ["node-a", "node-b", "node-c"] {
-        let coordinator: Arc<dyn Coordinator> = cluster.coordinator();
+        let coordinator = new_coordinator();
         let engine = Engine::builder(
             coordinator,
             Provisioner {
