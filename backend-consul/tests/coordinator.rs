@@ -13,7 +13,10 @@ use keyloop_core::{
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
-const TTL: Duration = Duration::from_millis(600);
+/// Lease of nodes joined directly: they never heartbeat, so it outlasts every test…
+const TTL: Duration = Duration::from_secs(60);
+/// …except those that wait for an expiry.
+const SHORT_TTL: Duration = Duration::from_millis(600);
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn emulator() -> Emulator {
@@ -40,6 +43,10 @@ struct Node {
 }
 
 async fn join(c: &ConsulCoordinator, name: &str) -> Node {
+    join_for(c, name, TTL).await
+}
+
+async fn join_for(c: &ConsulCoordinator, name: &str, ttl: Duration) -> Node {
     let (tx, rx) = mpsc::unbounded_channel();
     let info = NodeInfo {
         id: NodeId::random(),
@@ -47,7 +54,7 @@ async fn join(c: &ConsulCoordinator, name: &str) -> Node {
     };
     c.join(
         &info,
-        TTL,
+        ttl,
         EventSink::new(move |e| {
             let _ = tx.send(e);
         }),
@@ -567,7 +574,7 @@ async fn fencing_and_epochs() {
 async fn expired_session_fences_without_takeover() {
     let emu = emulator().await;
     let c = coordinator(&emu, Duration::ZERO);
-    let a = join(&c, "a").await;
+    let a = join_for(&c, "a", SHORT_TTL).await;
     let k = key("expire");
     c.trigger(&k).await.unwrap();
     let claim = c.claim(&a.id, 1).await.unwrap().pop().unwrap();
