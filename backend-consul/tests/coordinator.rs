@@ -851,3 +851,32 @@ async fn triggers_racing_complete_are_never_lost() {
         }
     }
 }
+
+/// An index stuck at 0 makes every blocking query answer at once; the watch must still not
+/// send more than one request per `watch_min_interval`.
+#[tokio::test]
+async fn watch_is_rate_limited_when_the_index_reads_zero() {
+    let emu = emulator().await;
+    let config = ConsulConfig::builder(emu.url())
+        .prefix("t")
+        .watch_min_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let c = ConsulCoordinator::new(config);
+    let _a = join(&c, "a").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let gets = |ctl: &Control| ctl.request_counts().get("GET /v1/kv").copied().unwrap_or(0);
+    emu.control().inject(
+        FaultKind::IndexZero,
+        100_000,
+        Target::PathPrefix("/v1/kv/t/pend/".into()),
+    );
+    // Wake the watch's pending blocking query; its next ones all read 0.
+    c.trigger(&key("wake")).await.unwrap();
+    let before = gets(&emu.control());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let sent = gets(&emu.control()) - before;
+    emu.control().clear_faults();
+    // 1 s at one request per 50 ms is 20; a busy loop would send thousands.
+    assert!((2..=25).contains(&sent), "{sent} watch requests in 1 s");
+}
