@@ -1,16 +1,20 @@
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use keyloop_supervisor::{Service, Snapshot, Supervisor};
+
 use crate::dispatch::Shared;
+use crate::lease::LeaseClock;
 use crate::slot::{LoopSlot, Session};
 use crate::{
-    Client, Controller, Coordinator, EngineConfig, EngineConfigBuilder, Error, IntoKey, Key,
-    KeyStatus, Limits, NodeId, NodeInfo, Release, ShutdownReason, ShutdownReport, TriggerOutcome,
-    claimer, lease, runner,
+    Backoff, Client, Controller, Coordinator, EngineConfig, EngineConfigBuilder, Error, IntoKey,
+    Key, KeyStatus, Limits, NodeId, NodeInfo, Release, ShutdownReason, ShutdownReport,
+    TriggerOutcome, claimer, lease, runner,
 };
 
 pub(crate) const RUNNING: u8 = 0;
@@ -36,6 +40,9 @@ pub(crate) struct Inner {
     pub(crate) owned: AtomicUsize,
     pub(crate) phase: AtomicU8,
     pub(crate) session: RwLock<Option<Arc<Session>>>,
+    pub(crate) lease_clock: Mutex<LeaseClock>,
+    /// Status of the engine's own supervised services (`lease`, `claims`).
+    services: Mutex<Option<tokio::sync::watch::Receiver<Snapshot>>>,
     pub(crate) background: Mutex<Vec<AbortHandle>>,
     pub(crate) stop_claims: CancellationToken,
     pub(crate) stop_lease: CancellationToken,
@@ -132,6 +139,11 @@ impl Engine {
             owned: AtomicUsize::new(0),
             phase: AtomicU8::new(RUNNING),
             session: RwLock::new(None),
+            lease_clock: Mutex::new(LeaseClock {
+                last_ok: Instant::now(),
+                ttl: Duration::ZERO,
+            }),
+            services: Mutex::new(None),
             background: Mutex::new(Vec::new()),
             stop_claims: CancellationToken::new(),
             stop_lease: CancellationToken::new(),
@@ -145,16 +157,25 @@ impl Engine {
             .join(&session.node, inner.config.lease_ttl, inner.shared.sink())
             .await?;
         tracing::info!(node = %session.node.id, name = %session.node.name, "joined");
-        *inner.session.write().unwrap() = Some(Arc::clone(&session));
-        let keeper = tokio::spawn(lease::keep(Arc::clone(&inner), session, sent, lease.ttl));
-        let claims = tokio::spawn(claimer::run(Arc::clone(&inner)));
-        inner
-            .background
-            .lock()
-            .unwrap()
-            .extend([keeper.abort_handle(), claims.abort_handle()]);
+        *inner.lease_clock.lock().unwrap() = LeaseClock {
+            last_ok: sent,
+            ttl: lease.ttl,
+        };
+        *inner.session.write().unwrap() = Some(session);
+        supervise(&inner);
         inner.shared.claim_wake.notify_one();
         Ok(Engine { inner })
+    }
+
+    /// Status of the engine's own supervised services: `lease` (heartbeats, self-fencing,
+    /// re-joining) and `claims` (claiming, resync).
+    pub fn services(&self) -> Option<Snapshot> {
+        self.inner
+            .services
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|rx| rx.borrow().clone())
     }
 
     /// The id of the node's current incarnation (it changes after a lost lease).
@@ -241,6 +262,75 @@ impl Engine {
             self.inner.finish_slot(&slot);
         }
     }
+}
+
+/// Runs the lease keeper and the claimer as supervised services: a panic in either (a bug,
+/// or a backend that panics) restarts it with backoff. They end cleanly when the engine
+/// stops, so they are transient. If they keep failing, the engine cannot vouch for its
+/// ownership any more: it stops every loop and takes no more work.
+fn supervise(inner: &Arc<Inner>) {
+    let lease = {
+        let inner = Arc::clone(inner);
+        Service::transient("lease", move |_ctx| {
+            let inner = Arc::clone(&inner);
+            async move {
+                lease::keep(inner).await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        })
+    };
+    let claims = {
+        let inner = Arc::clone(inner);
+        Service::transient("claims", move |_ctx| {
+            let inner = Arc::clone(&inner);
+            async move {
+                claimer::run(inner).await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        })
+    };
+    let backoff = Backoff::builder()
+        .initial(Duration::from_millis(10))
+        .max(
+            inner
+                .config
+                .heartbeat_interval
+                .max(Duration::from_millis(10)),
+        )
+        .build()
+        .expect("initial and cap are both at least 10 ms");
+    let supervisor = Supervisor::builder()
+        .service(lease)
+        .service(claims)
+        .backoff(backoff)
+        .intensity(10, Duration::from_secs(60))
+        .listener(|change| tracing::debug!(service = %change.service, status = ?change.status, "engine service"))
+        .build()
+        .expect("engine supervisor settings are valid");
+    let handle = supervisor.spawn();
+    *inner.services.lock().unwrap() = Some(handle.subscribe());
+    let watcher = {
+        let inner = Arc::clone(inner);
+        tokio::spawn(async move {
+            let report = handle.wait().await;
+            if inner.phase() == RUNNING {
+                tracing::error!(?report, "engine services gave up: stopping every loop");
+                inner.phase.store(STOPPED, Ordering::Release);
+                inner.stop_claims.cancel();
+                inner.stop_lease.cancel();
+                for slot in inner.shared.loops.all() {
+                    slot.signal_shutdown(ShutdownReason::OwnershipLost);
+                    slot.abort();
+                    inner.finish_slot(&slot);
+                }
+            }
+        })
+    };
+    inner
+        .background
+        .lock()
+        .unwrap()
+        .push(watcher.abort_handle());
 }
 
 async fn shutdown(inner: Arc<Inner>) -> ShutdownReport {

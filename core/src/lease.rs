@@ -10,20 +10,41 @@ use crate::engine::{Inner, RUNNING};
 use crate::slot::Session;
 use crate::{CoordinatorError, ShutdownReason};
 
-pub(crate) async fn keep(inner: Arc<Inner>, session: Arc<Session>, sent: Instant, ttl: Duration) {
-    let mut session = session;
-    let mut last_ok = sent;
-    let mut ttl = ttl;
+/// When the current lease was last renewed (send time of the request) and for how long.
+/// Kept in the engine, not in the keeper task, so that a keeper restarted by the supervisor
+/// after a panic fences on the same deadline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseClock {
+    pub(crate) last_ok: Instant,
+    pub(crate) ttl: Duration,
+}
+
+/// Runs as the engine's supervised `lease` service.
+pub(crate) async fn keep(inner: Arc<Inner>) {
     loop {
-        let Some(hard_deadline) = renew_until_lost(&inner, &session, &mut last_ok, &mut ttl).await
-        else {
+        let Some(session) = inner.current_session() else {
+            // A previous keeper fenced this incarnation and did not get to join again.
+            if !rejoin(&inner).await {
+                return;
+            }
+            continue;
+        };
+        let mut clock = *inner.lease_clock.lock().unwrap();
+        let lost = renew_until_lost(&inner, &session, &mut clock).await;
+        let Some(hard_deadline) = lost else {
             return;
         };
         fence(&inner, &session, hard_deadline).await;
-        let Some(next) = rejoin(&inner, &session).await else {
+        let interval = inner.config.heartbeat_interval;
+        if tokio::time::timeout(interval, inner.coordinator.leave(&session.node.id))
+            .await
+            .is_err()
+        {
+            tracing::warn!("leave timed out; the old lease will expire");
+        }
+        if !rejoin(&inner).await {
             return;
-        };
-        (session, last_ok, ttl) = next;
+        }
     }
 }
 
@@ -32,14 +53,14 @@ pub(crate) async fn keep(inner: Arc<Inner>, session: Arc<Session>, sent: Instant
 async fn renew_until_lost(
     inner: &Inner,
     session: &Session,
-    last_ok: &mut Instant,
-    ttl: &mut Duration,
+    clock: &mut LeaseClock,
 ) -> Option<Instant> {
     let interval = inner.config.heartbeat_interval;
     let margin = inner.config.fence_margin;
-    let mut next_beat = *last_ok + interval;
+    let mut next_beat = clock.last_ok + interval;
     loop {
-        let fence_at = *last_ok + ttl.saturating_sub(margin);
+        let LeaseClock { last_ok, ttl } = *clock;
+        let fence_at = last_ok + ttl.saturating_sub(margin);
         tokio::select! {
             _ = inner.stop_lease.cancelled() => return None,
             _ = inner.shared.lost_wake.notified() => {
@@ -48,7 +69,7 @@ async fn renew_until_lost(
             }
             _ = sleep_until(fence_at) => {
                 tracing::error!(?margin, "lease not renewed in time: stopping every loop");
-                return Some(hard_deadline(*last_ok, *ttl, margin));
+                return Some(hard_deadline(last_ok, ttl, margin));
             }
             _ = sleep_until(next_beat) => {}
         }
@@ -58,13 +79,16 @@ async fn renew_until_lost(
             outcome = tokio::time::timeout(interval, inner.coordinator.heartbeat(&session.node.id)) => outcome,
             _ = sleep_until(fence_at) => {
                 tracing::error!(?margin, "lease not renewed in time: stopping every loop");
-                return Some(hard_deadline(*last_ok, *ttl, margin));
+                return Some(hard_deadline(last_ok, ttl, margin));
             }
         };
         match outcome {
             Ok(Ok(lease)) => {
-                *last_ok = sent;
-                *ttl = lease.ttl;
+                *clock = LeaseClock {
+                    last_ok: sent,
+                    ttl: lease.ttl,
+                };
+                *inner.lease_clock.lock().unwrap() = *clock;
                 next_beat = sent + interval;
             }
             Ok(Err(CoordinatorError::LeaseExpired { .. })) => {
@@ -133,19 +157,13 @@ async fn fence(inner: &Inner, session: &Arc<Session>, hard_deadline: Instant) {
     }
 }
 
-/// Leaves under the old id (best effort) and joins under a new one, retrying with backoff.
-async fn rejoin(inner: &Inner, old: &Session) -> Option<(Arc<Session>, Instant, Duration)> {
+/// Joins under a new node id, retrying with backoff; `false` if the engine stops first.
+async fn rejoin(inner: &Inner) -> bool {
     let interval = inner.config.heartbeat_interval;
-    if tokio::time::timeout(interval, inner.coordinator.leave(&old.node.id))
-        .await
-        .is_err()
-    {
-        tracing::warn!("leave timed out; the old lease will expire");
-    }
     let mut attempt = 0;
     loop {
         if inner.phase() != RUNNING || inner.stop_lease.is_cancelled() {
-            return None;
+            return false;
         }
         let session = inner.new_session();
         let sent = Instant::now();
@@ -159,9 +177,13 @@ async fn rejoin(inner: &Inner, old: &Session) -> Option<(Arc<Session>, Instant, 
         match joined {
             Ok(Ok(lease)) => {
                 tracing::info!(node = %session.node.id, "joined again after losing the lease");
-                *inner.session.write().unwrap() = Some(Arc::clone(&session));
+                *inner.lease_clock.lock().unwrap() = LeaseClock {
+                    last_ok: sent,
+                    ttl: lease.ttl,
+                };
+                *inner.session.write().unwrap() = Some(session);
                 inner.shared.claim_wake.notify_one();
-                return Some((session, sent, lease.ttl));
+                return true;
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "join failed: retrying"),
             Err(_) => tracing::warn!("join timed out: retrying"),
@@ -173,7 +195,7 @@ async fn rejoin(inner: &Inner, old: &Session) -> Option<(Arc<Session>, Instant, 
             .max(interval / 4);
         attempt += 1;
         tokio::select! {
-            _ = inner.stop_lease.cancelled() => return None,
+            _ = inner.stop_lease.cancelled() => return false,
             _ = tokio::time::sleep(delay) => {}
         }
     }
