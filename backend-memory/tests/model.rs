@@ -197,7 +197,6 @@ async fn simulate(ops: Vec<Op>, script: Vec<Action>) -> Result<(), TestCaseError
         .map(|i| Key::new(format!("k{i}")).unwrap())
         .collect();
     let client = keyloop_core::Client::new(world.cluster.coordinator());
-    let mut stalled = vec![false; NODES];
 
     for op in ops {
         match op {
@@ -214,13 +213,12 @@ async fn simulate(ops: Vec<Op>, script: Vec<Action>) -> Result<(), TestCaseError
             Op::Stall(n) => {
                 if let Some(id) = world.engines[n].as_ref().and_then(Engine::node_id) {
                     world.cluster.stall(id);
-                    stalled[n] = true;
                 }
             }
             Op::Unstall(n) => {
-                if let Some(engine) = &world.engines[n] {
-                    resume_all(&world.cluster, engine);
-                    stalled[n] = false;
+                // The node may have re-joined under a new id since it was stalled.
+                if world.engines[n].is_some() {
+                    world.cluster.resume_everyone();
                 }
             }
             Op::Restart(n) => {
@@ -234,10 +232,10 @@ async fn simulate(ops: Vec<Op>, script: Vec<Action>) -> Result<(), TestCaseError
 
     // Settle: faults stop, every node is live, loops complete at once.
     settle.store(true, Ordering::SeqCst);
+    world.cluster.resume_everyone();
     for n in 0..NODES {
-        match &world.engines[n] {
-            Some(engine) => resume_all(&world.cluster, engine),
-            None => world.start_node(n).await,
+        if world.engines[n].is_none() {
+            world.start_node(n).await;
         }
     }
     // Wake loops that wait for a trigger so they complete.
@@ -264,12 +262,6 @@ async fn simulate(ops: Vec<Op>, script: Vec<Action>) -> Result<(), TestCaseError
     Ok(())
 }
 
-/// Lets every incarnation of this engine through (it may have re-joined under a new id).
-fn resume_all(cluster: &MemoryCluster, engine: &Engine) {
-    cluster.resume_everyone();
-    let _ = engine;
-}
-
 fn check(events: &[Event]) -> Result<(), TestCaseError> {
     // G1: one live loop per key; epochs strictly increase.
     let mut running: HashMap<Key, Epoch> = HashMap::new();
@@ -294,10 +286,8 @@ fn check(events: &[Event]) -> Result<(), TestCaseError> {
                 running.insert(key.clone(), *epoch);
                 last_epoch.insert(key.clone(), *epoch);
             }
-            Event::End(key, epoch) => {
-                if running.get(key) == Some(epoch) {
-                    running.remove(key);
-                }
+            Event::End(key, epoch) if running.get(key) == Some(epoch) => {
+                running.remove(key);
             }
             _ => {}
         }
