@@ -25,7 +25,7 @@ pub async fn run_case_to_completion(harness: Arc<dyn Harness>, case: &str) -> Re
 }
 
 /// Panics unless `case` fails against `harness` (for harnesses of deliberately broken
-/// coordinators, see [`broken`](crate::broken)). Returns the failure message.
+/// coordinators, see [`Breakage`](crate::Breakage)). Returns the failure message.
 pub async fn assert_case_fails(harness: Arc<dyn Harness>, case: &str) -> String {
     let backend = harness.name().to_string();
     match run_case_to_completion(harness, case).await {
