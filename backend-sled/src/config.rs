@@ -13,7 +13,8 @@ pub const MAX_STATE_BYTES_LIMIT: usize = 64 << 20;
 /// When acknowledged writes reach the disk.
 ///
 /// Leases are never durable (after a restart every node from before is dead), and epochs
-/// come from sled's crash-safe id generator, so no setting can make an epoch go backwards.
+/// come from a counter that is only ever issued below a ceiling already on disk, so no
+/// setting can make an epoch go backwards.
 /// What differs is which acknowledged writes a crash (power loss, `SIGKILL`, OOM kill) can
 /// lose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

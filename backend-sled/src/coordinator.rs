@@ -93,8 +93,7 @@ impl Core {
         key: &Key,
         mut record: Record,
     ) -> Result<Claim, CoordinatorError> {
-        // The generator never goes backwards, even after a crash; the max only guards a
-        // record written by a build with another id source.
+        // The counter never goes backwards, even after a crash; the max is a second guard.
         record.epoch = self.next_id()?.max(record.epoch.saturating_add(1));
         let previous = record.owner.replace(*node);
         self.write(key.as_str(), &record)?;

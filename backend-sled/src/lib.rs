@@ -33,8 +33,8 @@
 //! is on disk before it returns. [`Durability::Batched`] acknowledges from memory and
 //! flushes in the background; its docs list what a crash can lose then. Either way the
 //! registry, trigger sequences, epochs and state live in sled, and epochs and sequences
-//! come from sled's crash-safe id generator, so they never go backwards, even after a
-//! crash.
+//! come from one counter that is only issued below a ceiling already flushed to disk, so
+//! they never go backwards, even after a crash.
 //!
 //! # What is not durable
 //!
@@ -52,6 +52,7 @@ mod config;
 mod coordinator;
 mod error;
 mod flush;
+mod ids;
 mod index;
 mod nodes;
 mod schema;

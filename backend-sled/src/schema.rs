@@ -5,9 +5,10 @@
 //! - `k` + key bytes → [`Record`] (registered keys only),
 //! - `s` + key bytes → the key's saved state.
 //!
-//! The default tree holds `keyloop.format` → the format version (u32, big endian).
-//! Trigger sequences and epochs come from sled's crash-safe id generator, so they never
-//! go backwards, also for a key that was retired and registered again.
+//! The default tree holds `keyloop.format` → the format version (u32, big endian) and
+//! `keyloop.id_ceiling` → the durable ceiling of issued ids (u64, big endian). Trigger
+//! sequences and epochs come from one counter that never goes backwards (`ids.rs`), also
+//! for a key that was retired and registered again.
 
 use keyloop_core::NodeId;
 
@@ -15,6 +16,8 @@ use keyloop_core::NodeId;
 pub const FORMAT_VERSION: u32 = 1;
 
 pub(crate) const VERSION_KEY: &[u8] = b"keyloop.format";
+/// The durable ceiling of issued ids (u64, big endian); see `ids.rs`.
+pub(crate) const ID_CEILING_KEY: &[u8] = b"keyloop.id_ceiling";
 pub(crate) const REGISTRY_TREE: &[u8] = b"keyloop.registry";
 pub(crate) const RECORD_PREFIX: u8 = b'k';
 pub(crate) const STATE_PREFIX: u8 = b's';

@@ -4,12 +4,14 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use keyloop_core::CoordinatorError;
 
 use crate::config::Location;
 use crate::error::backend_error;
 use crate::flush::GroupFlush;
+use crate::ids::Ids;
 use crate::index::Index;
 use crate::nodes::Nodes;
 use crate::schema::{self, FormatCheck};
@@ -17,7 +19,16 @@ use crate::{Durability, SledConfig, SledCoordinator, SledError};
 
 /// Directories this process has open. sled's file lock would also refuse a second open,
 /// but with an error that looks like another process holds it; this names the mistake.
-static OPEN_PATHS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+static OPEN_PATHS: Mutex<Option<Registry>> = Mutex::new(None);
+
+/// How long closing a store waits for sled's background threads to let go of the file
+/// lock.
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Registry {
+    open: HashSet<PathBuf>,
+}
 
 /// Per-key locks (striped): every read-check-write of a key record happens under its
 /// stripe, so claims, triggers, releases and fenced saves of one key are serialized. sled
@@ -56,6 +67,7 @@ pub(crate) struct Core {
     pub(crate) label: String,
     pub(crate) nodes: Nodes,
     pub(crate) index: Index,
+    ids: Ids,
     flusher: GroupFlush,
     stripes: Vec<Mutex<()>>,
     recovered: bool,
@@ -65,7 +77,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         // Close the database before forgetting the path, so that a re-open in this process
         // never races sled's file lock.
-        let mut open = lock_open_paths();
+        let mut registry = lock_open_paths();
         if let Some(core) = self.core.take() {
             // A graceful close loses nothing, also in batched mode. sled flushes on drop as
             // well; flushing here makes that explicit and reports a failure.
@@ -73,14 +85,17 @@ impl Drop for Handle {
                 tracing::error!(path = %core.label, error = %e, "flush on close failed");
             }
             drop(core);
+            if let Some(path) = &self.registered {
+                wait_released(path);
+            }
         }
-        if let (Some(set), Some(path)) = (open.as_mut(), &self.registered) {
-            set.remove(path);
+        if let (Some(registry), Some(path)) = (registry.as_mut(), &self.registered) {
+            registry.open.remove(path);
         }
     }
 }
 
-fn lock_open_paths() -> MutexGuard<'static, Option<HashSet<PathBuf>>> {
+fn lock_open_paths() -> MutexGuard<'static, Option<Registry>> {
     OPEN_PATHS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -111,32 +126,16 @@ impl SledStore {
     /// Writes the format version into a new database; refuses (changing nothing) a
     /// database with another version or one that keyloop did not create.
     pub fn open_with(config: SledConfig) -> Result<SledStore, SledError> {
-        let mut sled_config = sled::Config::new();
-        sled_config = match config.durability {
-            Durability::FlushEach => sled_config,
-            Durability::Batched { interval } => {
-                let ms = u64::try_from(interval.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                sled_config.flush_every_ms(Some(ms))
-            }
-        };
-        if let Some(bytes) = config.cache_capacity_bytes {
-            sled_config = sled_config.cache_capacity(bytes);
-        }
         match &config.location {
             Location::Temporary => {
-                let (db, label) = (
-                    sled_config
-                        .temporary(true)
-                        .open()
-                        .map_err(|source| SledError::Sled {
-                            path: PathBuf::from("<temporary>"),
-                            source,
-                        })?,
-                    "temporary".to_string(),
-                );
-                Self::finish(db, config, label, None)
+                let db = sled_config(&config)
+                    .temporary(true)
+                    .open()
+                    .map_err(|source| SledError::Sled {
+                        path: PathBuf::from("<temporary>"),
+                        source,
+                    })?;
+                Self::finish(db, config, "temporary".to_string(), None)
             }
             Location::Path(path) => {
                 std::fs::create_dir_all(path).map_err(|source| SledError::Io {
@@ -147,19 +146,28 @@ impl SledStore {
                     path: path.clone(),
                     source,
                 })?;
-                let mut open = lock_open_paths();
-                let set = open.get_or_insert_with(HashSet::new);
-                if set.contains(&canonical) {
+                let mut guard = lock_open_paths();
+                let registry = guard.get_or_insert_with(Registry::default);
+                if registry.open.contains(&canonical) {
                     return Err(SledError::AlreadyOpen { path: canonical });
                 }
-                let db = sled_config
+                let db = sled_config(&config)
                     .path(&canonical)
                     .open()
                     .map_err(|source| open_error(&canonical, source))?;
                 let label = canonical.display().to_string();
-                let store = Self::finish(db, config, label, Some(canonical.clone()))?;
-                set.insert(canonical);
-                Ok(store)
+                match Self::finish(db, config, label, Some(canonical.clone())) {
+                    Ok(store) => {
+                        registry.open.insert(canonical);
+                        Ok(store)
+                    }
+                    Err(e) => {
+                        // `finish` dropped the database: let go of the lock before saying
+                        // no, so the caller can open the directory some other way.
+                        wait_released(&canonical);
+                        Err(e)
+                    }
+                }
             }
         }
     }
@@ -193,10 +201,11 @@ impl SledStore {
         }
         let tree = db.open_tree(schema::REGISTRY_TREE).map_err(sled_err)?;
         let recovered = db.was_recovered();
-        let index = build_index(&tree).map_err(|detail| SledError::Corrupt {
+        let (index, floor) = build_index(&tree).map_err(|detail| SledError::Corrupt {
             path: path.clone(),
             detail,
         })?;
+        let ids = Ids::open(&db, floor).map_err(sled_err)?;
         let core = Core {
             db,
             tree,
@@ -204,6 +213,7 @@ impl SledStore {
             label,
             nodes: Nodes::default(),
             index,
+            ids,
             flusher: GroupFlush::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             recovered,
@@ -256,8 +266,10 @@ impl SledStore {
 
 /// The claim hints of a database just opened: every registered key that is not parked is
 /// claimable, since no owner from before this open is alive.
-fn build_index(tree: &sled::Tree) -> Result<Index, String> {
+/// Also returns the largest epoch or sequence found, a floor for new ids.
+fn build_index(tree: &sled::Tree) -> Result<(Index, u64), String> {
     let index = Index::default();
+    let mut floor = 0;
     for item in tree.scan_prefix([schema::RECORD_PREFIX]) {
         let (raw_key, raw) = item.map_err(|e| format!("scan failed: {e}"))?;
         let key = keyloop_core::Key::from_utf8(&raw_key[1..]).map_err(|e| {
@@ -271,8 +283,55 @@ fn build_index(tree: &sled::Tree) -> Result<Index, String> {
         if record.parked.is_none() {
             index.set_free(&key);
         }
+        floor = floor.max(record.epoch).max(record.trigger_seq);
     }
-    Ok(index)
+    Ok((index, floor))
+}
+
+/// sled's settings for `config` (a fresh value each time: sled's builder methods panic
+/// on a cloned `Config`).
+fn sled_config(config: &SledConfig) -> sled::Config {
+    let mut sled_config = sled::Config::new();
+    if let Durability::Batched { interval } = config.durability {
+        let ms = u64::try_from(interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        sled_config = sled_config.flush_every_ms(Some(ms));
+    }
+    if let Some(bytes) = config.cache_capacity_bytes {
+        sled_config = sled_config.cache_capacity(bytes);
+    }
+    sled_config
+}
+
+/// Waits (up to [`RELEASE_WAIT`]) until sled's file lock on the database in `dir` is
+/// free: sled's background I/O threads can hold the file for a moment after the last
+/// handle dropped, and a closed store should be re-openable at once, by this process or
+/// another.
+fn wait_released(dir: &Path) {
+    use fs2::FileExt;
+
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("db"))
+    else {
+        return;
+    };
+    let deadline = Instant::now() + RELEASE_WAIT;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if file.try_lock_exclusive().is_ok() {
+            let _ = FileExt::unlock(&file);
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(dir = %dir.display(), "sled still holds its lock after closing");
+            return;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
 }
 
 fn open_error(path: &Path, source: sled::Error) -> SledError {
@@ -303,12 +362,11 @@ impl Core {
         backend_error(&self.label, what, e)
     }
 
-    /// A fresh id from sled's crash-safe generator, never 0.
+    /// A fresh id, never 0, greater than every id issued before, also before a crash.
     pub(crate) fn next_id(&self) -> Result<u64, CoordinatorError> {
-        self.db
-            .generate_id()
-            .map(|id| id.saturating_add(1))
-            .map_err(|e| self.err("generate_id", e))
+        self.ids
+            .next(&self.db)
+            .map_err(|e| self.err("reserve ids", e))
     }
 
     /// Makes acknowledged writes durable according to the durability mode.
