@@ -32,6 +32,8 @@ pub struct Case {
     pub ns: Box<dyn Namespace>,
     /// The backend's lease TTL; every timing below derives from it.
     pub ttl: Duration,
+    /// How much later than the TTL the backend may expire a lease.
+    pub expiry_slack: Duration,
     /// What every loop did.
     pub recorder: Recorder,
     /// What every loop does.
@@ -54,6 +56,7 @@ impl Case {
             backend: harness.name().to_string(),
             ns: harness.namespace().await,
             ttl: harness.lease_ttl(),
+            expiry_slack: harness.expiry_slack(),
             recorder: Recorder::new(),
             script: Script::new(),
             nodes: Vec::new(),

@@ -19,6 +19,13 @@ pub trait Harness: Send + Sync + 'static {
     /// claim interval, backoff, timeouts) is derived from it.
     fn lease_ttl(&self) -> Duration;
 
+    /// How much later than the TTL the backend may expire a lease that is not renewed.
+    /// Zero for backends that expire exactly at the TTL; Consul may take up to another TTL.
+    /// Failover cases allow this much on top of TTL + claim interval.
+    fn expiry_slack(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// A fresh, isolated namespace (memory: a new cluster; postgres: a new schema; sled: a
     /// new directory). Nothing of an earlier namespace is visible in it.
     async fn namespace(&self) -> Box<dyn Namespace>;
@@ -46,6 +53,9 @@ impl<H: Harness + ?Sized> Harness for Arc<H> {
     }
     fn lease_ttl(&self) -> Duration {
         (**self).lease_ttl()
+    }
+    fn expiry_slack(&self) -> Duration {
+        (**self).expiry_slack()
     }
     async fn namespace(&self) -> Box<dyn Namespace> {
         (**self).namespace().await

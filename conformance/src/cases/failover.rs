@@ -35,7 +35,7 @@ pub async fn crashed_node_keys_fail_over_after_ttl(harness: &dyn Harness) {
     let _b = case.node("b").await;
     let killed_at = Instant::now();
     a.engine.kill();
-    let deadline = case.ttl * 3;
+    let deadline = case.ttl * 3 + case.expiry_slack;
     case.recorder
         .wait_until("every key of the dead node runs on b", deadline, |log| {
             keys.iter().all(|k| log.start_count(k) == 2)
@@ -43,8 +43,9 @@ pub async fn crashed_node_keys_fail_over_after_ttl(harness: &dyn Harness) {
         .await;
     {
         let log = case.recorder.lock();
-        // G6: lease TTL + claim interval after the death, with room for the backend's clock.
-        let bound = case.ttl + case.claim_interval() + case.ttl / 2;
+        // G6: lease TTL (+ the backend's expiry slack) + claim interval after the death,
+        // with room for the backend's clock.
+        let bound = case.ttl + case.expiry_slack + case.claim_interval() + case.ttl / 2;
         for k in &keys {
             let starts = log.starts(k);
             assert_eq!(starts[1].node, "b", "{log:?}");
