@@ -50,6 +50,50 @@ impl MemoryCoordinator {
         }
     }
 
+    fn trigger_sync(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError> {
+        let (seq, registered, owner, queued) = {
+            let mut guard = self.state.shard(key).lock().unwrap();
+            let shard = &mut *guard;
+            let seq = shard.next_seq();
+            let (registered, record) = match shard.keys.get_mut(key) {
+                Some(record) => (false, record),
+                None => (true, shard.keys.entry(key.clone()).or_default()),
+            };
+            record.seq = seq;
+            record.set_parked(None);
+            // No clock here: an owner whose lease ran out but was not reaped yet gets a
+            // harmless hint; the reaper queues its keys at the next claim.
+            let owner = record
+                .owner
+                .as_ref()
+                .filter(|o| !o.gone.load(Ordering::Acquire));
+            let owner_id = match owner {
+                // Sent under the shard lock (the sink never calls back into the backend):
+                // no reference count traffic on the owner per trigger.
+                Some(owner) => {
+                    owner.send(CoordinatorEvent::Triggered {
+                        key: key.clone(),
+                        seq: TriggerSeq(seq),
+                    });
+                    Some(owner.id())
+                }
+                None => None,
+            };
+            if owner_id.is_none() {
+                self.state.enqueue(key, record);
+            }
+            (seq, registered, owner_id, owner_id.is_none())
+        };
+        if queued {
+            self.state.signal_available();
+        }
+        Ok(TriggerOutcome {
+            seq: TriggerSeq(seq),
+            registered,
+            owner,
+        })
+    }
+
     fn claimable(&self, record: &KeyRecord, node: NodeId, now: u64, at: Instant) -> bool {
         record.live_owner(now).is_none()
             && record.parked().is_none()
@@ -134,48 +178,12 @@ impl Coordinator for MemoryCoordinator {
         Ok(())
     }
 
+    fn trigger_now(&self, key: &Key) -> Option<Result<TriggerOutcome, CoordinatorError>> {
+        Some(self.trigger_sync(key))
+    }
+
     async fn trigger(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError> {
-        let (seq, registered, owner, queued) = {
-            let mut guard = self.state.shard(key).lock().unwrap();
-            let shard = &mut *guard;
-            let seq = shard.next_seq();
-            let (registered, record) = match shard.keys.get_mut(key) {
-                Some(record) => (false, record),
-                None => (true, shard.keys.entry(key.clone()).or_default()),
-            };
-            record.seq = seq;
-            record.set_parked(None);
-            // No clock here: an owner whose lease ran out but was not reaped yet gets a
-            // harmless hint; the reaper queues its keys at the next claim.
-            let owner = record
-                .owner
-                .as_ref()
-                .filter(|o| !o.gone.load(Ordering::Acquire));
-            let owner_id = match owner {
-                // Sent under the shard lock (the sink never calls back into the backend):
-                // no reference count traffic on the owner per trigger.
-                Some(owner) => {
-                    owner.send(CoordinatorEvent::Triggered {
-                        key: key.clone(),
-                        seq: TriggerSeq(seq),
-                    });
-                    Some(owner.id())
-                }
-                None => None,
-            };
-            if owner_id.is_none() {
-                self.state.enqueue(key, record);
-            }
-            (seq, registered, owner_id, owner_id.is_none())
-        };
-        if queued {
-            self.state.signal_available();
-        }
-        Ok(TriggerOutcome {
-            seq: TriggerSeq(seq),
-            registered,
-            owner,
-        })
+        self.trigger_sync(key)
     }
 
     async fn claim(&self, node: &NodeId, max: usize) -> Result<Vec<Claim>, CoordinatorError> {

@@ -173,6 +173,14 @@ pub trait Coordinator: Send + Sync + 'static {
     /// - `epochs_never_reset_after_retire_and_retrigger`: sequences never decrease for a key.
     async fn trigger(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError>;
 
+    /// [`trigger`](Coordinator::trigger) without waiting, for backends that can answer
+    /// synchronously (in-process ones); `None` (the default) means "call `trigger`". Same
+    /// contract as `trigger`. Spares the hot path the boxed future of an async call.
+    fn trigger_now(&self, key: &Key) -> Option<Result<TriggerOutcome, CoordinatorError>> {
+        let _ = key;
+        None
+    }
+
     /// Takes up to `max` registered keys that are unowned (or whose owner's lease expired)
     /// and not parked, giving each a new epoch.
     ///

@@ -197,6 +197,9 @@ impl Engine {
         if self.inner.phase() != RUNNING {
             return Err(Error::ShutDown);
         }
+        if let Some(outcome) = self.inner.coordinator.trigger_now(&key) {
+            return Ok(outcome?);
+        }
         Ok(self.inner.coordinator.trigger(&key).await?)
     }
 
