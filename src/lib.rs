@@ -29,10 +29,10 @@
 //!
 //! See the README for the guarantees and `ARCHITECTURE.md` for how a trigger reaches a loop.
 
-pub use keyloop_core::*;
-pub use keyloop_flow as flow;
 #[cfg(feature = "consul")]
 pub use keyloop_consul as consul;
+pub use keyloop_core::*;
+pub use keyloop_flow as flow;
 #[cfg(feature = "memory")]
 pub use keyloop_memory as memory;
 #[cfg(feature = "postgres")]
