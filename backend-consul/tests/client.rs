@@ -150,7 +150,12 @@ async fn missing_keys_keep_their_index_and_block() {
             .unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        emu.control()
+            .wait_for_blocked_queries(1, Duration::from_secs(5))
+            .await,
+        "the reader parks in its blocking query"
+    );
     c.kv_put("later", Bytes::from_static(b"here"), &PutOptions::default())
         .await
         .unwrap();

@@ -264,8 +264,8 @@ async fn index_going_backwards_or_resetting_resyncs_without_losing_triggers() {
         let k = key("resync/k");
         c.trigger(&k).await.unwrap();
         let claim = c.claim(&a.id, 1).await.unwrap().pop().unwrap();
-        // Let the watch settle into a blocking query, then make its next answer misbehave.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Once the watch is parked in a blocking query, make its next answer misbehave.
+        assert!(emu.control().wait_for_blocked_queries(1, WAIT).await);
         emu.control().inject(fault, 1, Target::Blocking);
         let t = c.trigger(&k).await.unwrap();
         assert!(t.seq > claim.trigger_seq);
@@ -300,7 +300,7 @@ async fn watch_failures_resync_and_triggers_still_arrive() {
     let k = key("flaky");
     c.trigger(&k).await.unwrap();
     c.claim(&a.id, 1).await.unwrap().pop().unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(emu.control().wait_for_blocked_queries(1, WAIT).await);
     emu.control()
         .inject(FaultKind::DropConnection, 1, Target::Blocking);
     emu.control().inject(

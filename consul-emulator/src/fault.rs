@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     pub(crate) store: Mutex<Store>,
     pub(crate) changed: watch::Sender<u64>,
     pub(crate) faults: Mutex<FaultState>,
+    /// Blocking KV queries waiting for a change right now.
+    pub(crate) blocked: watch::Sender<usize>,
 }
 
 /// Controls a running [`Emulator`](crate::Emulator): fault injection, operator actions
@@ -124,6 +126,21 @@ pub struct SessionInfo {
 }
 
 impl Control {
+    /// Blocking KV queries waiting for a change right now.
+    pub fn blocked_queries(&self) -> usize {
+        *self.shared.blocked.borrow()
+    }
+
+    /// Waits until at least `n` blocking KV queries are waiting for a change (for tests
+    /// that must act while a watch is parked); `false` if that did not happen within
+    /// `timeout`.
+    pub async fn wait_for_blocked_queries(&self, n: usize, timeout: Duration) -> bool {
+        let mut rx = self.shared.blocked.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|&b| b >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Makes the next `count` requests matching `target` misbehave as `kind`. Rules are
     /// tried in the order they were added.
     pub fn inject(&self, kind: FaultKind, count: usize, target: Target) {

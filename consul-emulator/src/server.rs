@@ -103,6 +103,7 @@ impl Emulator {
             store: Mutex::new(Store::new()),
             changed,
             faults: Mutex::new(FaultState::default()),
+            blocked: watch::channel(0).0,
         });
         let (stop, stopped) = watch::channel(false);
         let config = Arc::new(config);
@@ -379,6 +380,22 @@ fn notify(shared: &Shared, store: &Store) {
     shared.changed.send_replace(store.index());
 }
 
+/// Counts a blocking query while it waits, so tests can wait for one to be in flight.
+struct BlockedGuard<'a>(&'a Shared);
+
+impl<'a> BlockedGuard<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.blocked.send_modify(|n| *n += 1);
+        BlockedGuard(shared)
+    }
+}
+
+impl Drop for BlockedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.blocked.send_modify(|n| *n -= 1);
+    }
+}
+
 async fn kv_get(
     shared: &Shared,
     config: &EmulatorConfig,
@@ -418,6 +435,7 @@ async fn kv_get(
         let ready =
             want == 0 || index.max(1) > want || index_fault.is_some() || Instant::now() >= deadline;
         if !ready {
+            let _blocked = BlockedGuard::new(shared);
             tokio::select! {
                 r = changes.changed() => { if r.is_err() { return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"); } }
                 _ = tokio::time::sleep_until(deadline) => {}

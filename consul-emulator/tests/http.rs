@@ -140,7 +140,12 @@ async fn blocking_query_wakes_on_change_and_times_out_with_jitter() {
             index_of(&r)
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        emu.control()
+            .wait_for_blocked_queries(1, Duration::from_secs(5))
+            .await,
+        "the waiter parks in its blocking query"
+    );
     put(&http, &url, "w/b", b"2".to_vec()).await;
     let new_idx = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
