@@ -85,6 +85,23 @@ impl Inner {
         }
     }
 
+    /// Waits until every loop has ended, or until `deadline`. Only while `draining` is set
+    /// do ending loops wake this.
+    pub(crate) async fn wait_for_loops(&self, deadline: Instant) {
+        loop {
+            let ended = self.shared.loop_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.owned.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = ended => {}
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
     /// Starts the loop for a fresh claim.
     pub(crate) fn start_loop(self: &Arc<Self>, slot: Arc<LoopSlot>) {
         match self.shared.loops.insert(Arc::clone(&slot)) {
@@ -362,19 +379,9 @@ async fn shutdown(inner: Arc<Inner>) -> ShutdownReport {
     for slot in inner.shared.loops.all() {
         slot.signal_shutdown(ShutdownReason::NodeShutdown);
     }
-    let deadline = started + inner.config.shutdown_grace;
-    loop {
-        let ended = inner.shared.loop_ended.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
-        if inner.owned.load(Ordering::Acquire) == 0 {
-            break;
-        }
-        tokio::select! {
-            _ = ended => {}
-            _ = tokio::time::sleep_until(deadline) => break,
-        }
-    }
+    inner
+        .wait_for_loops(started + inner.config.shutdown_grace)
+        .await;
     for slot in inner.shared.loops.all() {
         tracing::error!(
             key = %slot.key,

@@ -114,41 +114,24 @@ fn hard_deadline(last_ok: Instant, ttl: Duration, margin: Duration) -> Instant {
 }
 
 /// Stops every loop of `session`, and aborts those still running at `hard_deadline`.
-async fn fence(inner: &Inner, session: &Arc<Session>, hard_deadline: Instant) {
-    let mine = || {
-        inner
-            .shared
-            .loops
-            .all()
-            .into_iter()
-            .filter(|slot| Arc::ptr_eq(&slot.session, session))
-            .collect::<Vec<_>>()
-    };
+async fn fence(inner: &Inner, session: &Session, hard_deadline: Instant) {
+    // Cleared first, so that the claimer takes nothing more under this incarnation (a claim
+    // in flight is given back untouched). Every loop now belongs to it: the next
+    // incarnation starts only after this returns.
+    *inner.session.write().unwrap() = None;
     inner
         .shared
         .draining
         .store(true, std::sync::atomic::Ordering::Release);
-    for slot in mine() {
+    for slot in inner.shared.loops.all() {
         slot.signal_shutdown(ShutdownReason::OwnershipLost);
     }
-    loop {
-        let ended = inner.shared.loop_ended.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
-        if mine().is_empty() {
-            break;
-        }
-        tokio::select! {
-            _ = ended => {}
-            _ = sleep_until(hard_deadline) => break,
-        }
-    }
-    for slot in mine() {
-        tracing::error!(key = %slot.key, "loop still running at lease expiry: aborted");
+    inner.wait_for_loops(hard_deadline).await;
+    for slot in inner.shared.loops.all() {
+        tracing::error!(key = %slot.key, node = %session.node.id, "loop still running at lease expiry: aborted");
         slot.abort();
         inner.finish_slot(&slot);
     }
-    *inner.session.write().unwrap() = None;
     if inner.phase() == RUNNING {
         inner
             .shared
