@@ -769,23 +769,53 @@ impl Coordinator for ConsulCoordinator {
                     }
                 }
             }
-            Release::Park { error } => {
-                let mut ops = fence.to_vec();
-                ops.push(TxnOp::Set {
-                    key: self.layout.park(key),
-                    value: Bytes::from(error),
-                });
-                ops.push(TxnOp::Unlock {
-                    key: self.layout.own(key),
-                    value: released_value(&n.id, epoch.0),
-                    session: n.session.clone(),
-                });
-                match self.txn(&ops).await? {
-                    TxnOutcome::Committed(_) => Released::Released,
-                    TxnOutcome::RolledBack(_) => {
-                        n.local.lock().unwrap().owned.remove(key);
-                        return Err(Self::fenced(&n, key, epoch));
+            Release::Park {
+                error,
+                observed_seq,
+            } => {
+                let mut observed = observed_seq.0;
+                loop {
+                    let mut ops = fence.to_vec();
+                    // Park only if no trigger arrived that the failing run did not observe.
+                    ops.push(TxnOp::CheckIndex {
+                        key: self.layout.reg(key),
+                        index: observed,
+                    });
+                    ops.push(TxnOp::Set {
+                        key: self.layout.park(key),
+                        value: Bytes::from(error.clone()),
+                    });
+                    ops.push(TxnOp::Unlock {
+                        key: self.layout.own(key),
+                        value: released_value(&n.id, epoch.0),
+                        session: n.session.clone(),
+                    });
+                    match self.txn(&ops).await? {
+                        TxnOutcome::Committed(_) => break Released::Released,
+                        TxnOutcome::RolledBack(f) if f.iter().any(|f| f.op_index < 2) => {
+                            n.local.lock().unwrap().owned.remove(key);
+                            return Err(Self::fenced(&n, key, epoch));
+                        }
+                        TxnOutcome::RolledBack(_) => {}
                     }
+                    let mut ops = fence.to_vec();
+                    ops.push(TxnOp::Get {
+                        key: self.layout.reg(key),
+                    });
+                    let seq = match self.txn(&ops).await? {
+                        TxnOutcome::Committed(r) => last_index(&r),
+                        TxnOutcome::RolledBack(_) => return Err(Self::fenced(&n, key, epoch)),
+                    };
+                    if seq <= observed {
+                        observed = seq;
+                        continue;
+                    }
+                    if let Some(o) = n.local.lock().unwrap().owned.get_mut(key) {
+                        o.seen = o.seen.max(seq);
+                    }
+                    return Ok(Released::Retriggered {
+                        seq: TriggerSeq(seq),
+                    });
                 }
             }
             other => {

@@ -553,6 +553,7 @@ async fn fencing_and_epochs() {
         c3.epoch,
         Release::Park {
             error: "boom".into(),
+            observed_seq: c3.trigger_seq,
         },
     )
     .await

@@ -283,7 +283,15 @@ impl Coordinator for MemoryCoordinator {
                     self.state.enqueue(key, record);
                     true
                 }
-                Release::Park { error } => {
+                Release::Park {
+                    error,
+                    observed_seq,
+                } => {
+                    if record.seq > observed_seq.0 {
+                        return Ok(Released::Retriggered {
+                            seq: TriggerSeq(record.seq),
+                        });
+                    }
                     record.owner = None;
                     record.set_parked(Some(error));
                     false

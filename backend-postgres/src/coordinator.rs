@@ -435,14 +435,24 @@ impl Coordinator for PostgresCoordinator {
                 }
                 Ok(Released::Released)
             }
-            Release::Park { error } => {
-                let n = self
-                    .execute("parking", &sql.park, &[&key.as_str(), &id, &ep, &error])
+            Release::Park {
+                error,
+                observed_seq,
+            } => {
+                let observed = observed_seq.0 as i64;
+                let rows = self
+                    .query(
+                        "parking",
+                        &sql.park,
+                        &[&key.as_str(), &id, &ep, &error, &observed],
+                    )
                     .await?;
-                if n == 0 {
-                    return Err(Self::fenced(node, key, e));
+                let r = rows.first().ok_or_else(|| Self::fenced(node, key, e))?;
+                if r.get::<_, bool>(1) {
+                    Ok(Released::Released)
+                } else {
+                    Ok(Released::Retriggered { seq: seq(r.get(0)) })
                 }
-                Ok(Released::Released)
             }
             other => Err(CoordinatorError::backend(
                 self.endpoint().backend(),

@@ -163,9 +163,19 @@ impl Sql {
                  ), note AS (SELECT pg_notify($5::text, '') FROM up)
                  SELECT (SELECT count(*) FROM up), (SELECT count(*) FROM note)"
             ),
+            // Like `complete`: lock the row, then park only if no trigger arrived that the
+            // failing run did not observe (such a trigger resumes the key instead).
             park: format!(
-                "UPDATE {s}.keys SET owner_node = NULL, parked = $4, updated_at = now()
-                 WHERE key = $1 AND owner_node = $2 AND epoch = $3 AND {me_live}"
+                "WITH t AS (
+                    SELECT key, trigger_seq FROM {s}.keys
+                    WHERE key = $1 AND owner_node = $2 AND epoch = $3 AND {me_live}
+                    FOR UPDATE
+                 ), p AS (
+                    UPDATE {s}.keys k SET owner_node = NULL, parked = $4, updated_at = now()
+                    FROM t WHERE k.key = t.key AND t.trigger_seq <= $5
+                    RETURNING k.key
+                 )
+                 SELECT t.trigger_seq, EXISTS (SELECT 1 FROM p) FROM t"
             ),
             owned: format!(
                 "SELECT key, epoch, trigger_seq FROM {s}.keys

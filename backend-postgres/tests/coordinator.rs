@@ -354,6 +354,7 @@ async fn continue_avoids_releasing_node_and_park_skips_until_trigger() {
             claim_b.epoch,
             Release::Park {
                 error: "boom".into(),
+                observed_seq: claim_b.trigger_seq,
             },
         )
         .await
@@ -397,7 +398,10 @@ async fn stale_release_and_save_are_fenced() {
         Release::Continue {
             avoid_for: Duration::ZERO,
         },
-        Release::Park { error: "x".into() },
+        Release::Park {
+            error: "x".into(),
+            observed_seq: second.trigger_seq,
+        },
     ] {
         let err = c.release(&a.id, &k, first.epoch, how).await.unwrap_err();
         assert!(matches!(err, CoordinatorError::Fenced { .. }), "{err}");

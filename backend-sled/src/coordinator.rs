@@ -349,7 +349,16 @@ impl Coordinator for SledCoordinator {
                     wake_others = true;
                     Released::Released
                 }
-                Release::Park { error } => {
+                Release::Park {
+                    error,
+                    observed_seq,
+                } => {
+                    if record.trigger_seq > observed_seq.0 {
+                        // Nothing written: the unobserved trigger resumes the key here.
+                        return Ok(Released::Retriggered {
+                            seq: TriggerSeq(record.trigger_seq),
+                        });
+                    }
                     record.owner = None;
                     record.parked = Some(error);
                     core.write(key.as_str(), &record)?;

@@ -294,6 +294,7 @@ async fn parked_key_waits_for_a_trigger() {
         claim.epoch,
         Release::Park {
             error: "boom".into(),
+            observed_seq: claim.trigger_seq,
         },
     )
     .await

@@ -81,6 +81,7 @@ async fn random_operations_keep_every_pending_key_claimable() {
                                 },
                                 _ => Release::Park {
                                     error: "stress".into(),
+                                    observed_seq: claim.trigger_seq,
                                 },
                             };
                             match c.release(&node, &claim.key, claim.epoch, how).await {

@@ -55,10 +55,16 @@ pub enum Release {
         avoid_for: Duration,
     },
     /// Park the key after repeated failures: it stays registered but no node claims it until
-    /// it is triggered again.
+    /// it is triggered again. Like `Complete`, conditional on the sequence: if a trigger
+    /// arrived that the failing run did not observe (the key's sequence is above
+    /// `observed_seq`), nothing is parked, the backend answers
+    /// [`Released::Retriggered`] and the caller keeps the key at the same epoch — that
+    /// trigger is the "next trigger" that would have resumed the key, so it is not lost.
     Park {
         /// The last error, shown in the key's status.
         error: String,
+        /// The newest trigger sequence the failing run observed.
+        observed_seq: TriggerSeq,
     },
 }
 
@@ -68,7 +74,8 @@ pub enum Release {
 pub enum Released {
     /// `Complete`: the key left the registry.
     Retired,
-    /// `Complete`: a newer trigger arrived; the caller still owns the key at the same epoch.
+    /// `Complete` or `Park`: a newer trigger arrived; nothing changed and the caller still
+    /// owns the key at the same epoch.
     Retriggered {
         /// The key's current trigger sequence.
         seq: TriggerSeq,
@@ -192,6 +199,11 @@ pub trait Coordinator: Send + Sync + 'static {
     /// - `continue_hands_key_to_other_node`: keys released with `Continue { avoid_for }` are
     ///   not returned to the releasing node before `avoid_for` has passed.
     /// - `repeated_failures_park_key`: parked keys are not returned.
+    /// - `committed_claims_survive_a_failing_claim`: a claim that takes keys in several steps
+    ///   (statements, batches, chunks) returns `Ok` with every key whose acquisition
+    ///   committed, even when a later step fails; it returns `Err` only when it took nothing.
+    ///   (The engine also re-reads [`owned`](Coordinator::owned) after any claim error, so
+    ///   an ambiguous failure — committed, answer lost — costs a resync, not a key.)
     async fn claim(&self, node: &NodeId, max: usize) -> Result<Vec<Claim>, CoordinatorError>;
 
     /// Takes one specific key if it is registered and claimable; returns the existing claim
@@ -209,6 +221,9 @@ pub trait Coordinator: Send + Sync + 'static {
     /// - `trigger_during_complete_reruns_loop`: `Complete` with an older sequence returns
     ///   `Retriggered` and keeps the key owned at the same epoch.
     /// - `stale_release_rejected`: a release with a stale epoch is fenced.
+    /// - `trigger_during_failing_run_is_not_parked`: `Park` with an older sequence returns
+    ///   `Retriggered`, parks nothing and keeps the key owned at the same epoch; the check
+    ///   and the park are one atomic step.
     async fn release(
         &self,
         node: &NodeId,

@@ -108,14 +108,25 @@ async fn after_run(
             };
             slot.set_failures(failures);
             if failures >= inner.config.max_failures {
-                tracing::error!(%error, failures, "loop failed repeatedly: parking key");
                 let how = Release::Park {
                     error: error.clone(),
+                    observed_seq: crate::TriggerSeq(slot.observed_seq()),
                 };
-                if release(inner, slot, how).await.is_some() {
-                    slot.emit(&KeyStatus::Failed { error });
+                match release(inner, slot, how).await {
+                    Some(Released::Retriggered { seq }) => {
+                        // A trigger the failing run did not observe: it resumes the key,
+                        // here, after the backoff (the count keeps growing, so does the
+                        // backoff; the next failure with no new trigger parks).
+                        slot.note_trigger(seq.0);
+                        tracing::warn!(%error, failures, seq = seq.0, "loop failed repeatedly, but was triggered since: not parked");
+                    }
+                    Some(_) => {
+                        tracing::error!(%error, failures, "loop failed repeatedly: parked");
+                        slot.emit(&KeyStatus::Failed { error });
+                        return false;
+                    }
+                    None => return false,
                 }
-                return false;
             }
             let delay = inner.config.restart_backoff.delay(failures - 1);
             tracing::warn!(%error, failures, ?delay, "loop failed: restarting after backoff");

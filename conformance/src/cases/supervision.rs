@@ -161,6 +161,7 @@ pub async fn repeated_failures_park_key(harness: &dyn Harness) {
             claim.epoch,
             Release::Park {
                 error: "boom".to_string(),
+                observed_seq: claim.trigger_seq,
             },
         )
         .await
