@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use keyloop_supervisor::Backoff;
 
-use crate::{ConfigError, StatusListener};
+use crate::defect::Defects;
+use crate::{ConfigError, Defect, StatusListener};
 
 /// An engine's validated configuration; build it with [`EngineConfig::builder`].
 #[derive(Clone)]
@@ -20,7 +21,10 @@ pub struct EngineConfig {
     pub(crate) healthy_run: Duration,
     pub(crate) max_failures: u32,
     pub(crate) handoff_avoid: Duration,
+    pub(crate) resync_interval: Duration,
+    pub(crate) abandon_timeout: Duration,
     pub(crate) status_listener: Option<StatusListener>,
+    pub(crate) defects: Defects,
 }
 
 impl fmt::Debug for EngineConfig {
@@ -44,10 +48,29 @@ impl fmt::Debug for EngineConfig {
 }
 
 impl EngineConfig {
-    /// A builder with the defaults: 10,000 loops, 15 s lease renewed every 3 s, self-fence
-    /// 3 s before expiry, claim every second in batches of 256, 30 s shutdown grace, restart
-    /// backoff 100 ms ×2 up to 30 s, a healthy run of 10 s resets it, park after 5
-    /// consecutive failures, prefer other nodes for 2 s after `Continue`.
+    /// A builder with the defaults. Every setting has a valid range, checked by
+    /// [`build`](EngineConfigBuilder::build):
+    ///
+    /// | setting | default | valid |
+    /// |---|---|---|
+    /// | `max_loops` | 10,000 | 1 to 10,000,000 |
+    /// | `lease_ttl` | 15 s | 100 ms to 1 h |
+    /// | `heartbeat_interval` | `lease_ttl / 5` | 1 ms to `lease_ttl / 3` |
+    /// | `fence_margin` | `lease_ttl / 5` | at least 1 ms, and `fence_margin + heartbeat_interval < lease_ttl` |
+    /// | `claim_interval` | 1 s | 1 ms to 1 h |
+    /// | `claim_batch` | 256 | 1 to 10,000 |
+    /// | `shutdown_grace` | 30 s | 1 ms to 1 h |
+    /// | `abandon_timeout` | 5 s | 1 ms to 1 h |
+    /// | `resync_interval` | 30 s | 100 ms to 24 h |
+    /// | `restart_backoff` | 100 ms ×2 up to 30 s | its maximum at most 24 h |
+    /// | `healthy_run` | 10 s | 1 ms to 24 h |
+    /// | `max_failures` | 5 | 1 to 1,000,000 |
+    /// | `handoff_avoid` | 2 s | 0 to 1 h |
+    /// | `node_name` | `node-` + random hex | printable, at most 256 bytes |
+    ///
+    /// The backend must also grant a lease of at least `lease_ttl` (and longer than
+    /// `heartbeat_interval + fence_margin`); otherwise `Engine::start` fails with
+    /// [`Error::LeaseTooShort`](crate::Error::LeaseTooShort).
     pub fn builder() -> EngineConfigBuilder {
         EngineConfigBuilder {
             config: EngineConfig {
@@ -63,7 +86,10 @@ impl EngineConfig {
                 healthy_run: Duration::from_secs(10),
                 max_failures: 5,
                 handoff_avoid: Duration::from_secs(2),
+                resync_interval: Duration::from_secs(30),
+                abandon_timeout: Duration::from_secs(5),
                 status_listener: None,
+                defects: Defects::default(),
             },
             heartbeat_set: false,
             margin_set: false,
@@ -188,6 +214,18 @@ impl EngineConfigBuilder {
         self.config.handoff_avoid = avoid;
         self
     }
+    /// How often the engine re-reads what it owns even without a `Resync` from the backend
+    /// (a backstop for hints lost without notice, e.g. on a half-open connection).
+    pub fn resync_interval(mut self, interval: Duration) -> Self {
+        self.config.resync_interval = interval;
+        self
+    }
+    /// How long a loop abandoned at the end of the shutdown grace (and aborted) gets to end
+    /// before its key is left to lease expiry instead of being released.
+    pub fn abandon_timeout(mut self, timeout: Duration) -> Self {
+        self.config.abandon_timeout = timeout;
+        self
+    }
     /// A callback for every status change of keys this engine owns.
     pub fn status_listener(
         mut self,
@@ -197,57 +235,95 @@ impl EngineConfigBuilder {
         self
     }
 
-    /// Validates the settings.
+    /// Brings back a fixed bug, for tests that show they catch it. Never in production.
+    #[doc(hidden)]
+    pub fn inject_defect(mut self, defect: Defect) -> Self {
+        self.config.defects = self.config.defects.with(defect);
+        self
+    }
+
+    /// Validates the settings; each has a valid range (see [`EngineConfig::builder`]), and a
+    /// value outside it is a [`ConfigError`] naming the setting.
     pub fn build(self) -> Result<EngineConfig, ConfigError> {
         let mut c = self.config;
         if c.node_name.is_empty() {
             c.node_name = format!("node-{:08x}", rand::random::<u32>());
         }
-        if c.node_name.chars().any(char::is_control) {
+        if c.node_name.chars().any(char::is_control) || c.node_name.len() > 256 {
             return Err(ConfigError::BadNodeName(c.node_name));
         }
-        if c.max_loops == 0 {
-            return Err(ConfigError::ZeroMaxLoops);
-        }
-        if c.lease_ttl.is_zero() {
-            return Err(ConfigError::ZeroLeaseTtl);
-        }
+        count("max_loops", c.max_loops as u64, 1, 10_000_000)?;
+        count("claim_batch", c.claim_batch as u64, 1, 10_000)?;
+        count("max_failures", u64::from(c.max_failures), 1, 1_000_000)?;
+        duration("lease_ttl", c.lease_ttl, MIN_LEASE_TTL, HOUR)?;
         if !self.heartbeat_set {
             c.heartbeat_interval = c.lease_ttl / 5;
         }
         if !self.margin_set {
             c.fence_margin = c.lease_ttl / 5;
         }
-        if c.heartbeat_interval.is_zero() {
-            return Err(ConfigError::ZeroHeartbeat);
-        }
+        duration("heartbeat_interval", c.heartbeat_interval, MILLI, HOUR)?;
         if c.heartbeat_interval > c.lease_ttl / 3 {
             return Err(ConfigError::HeartbeatTooSlow {
                 heartbeat: c.heartbeat_interval,
                 ttl: c.lease_ttl,
             });
         }
-        if c.fence_margin.is_zero() || c.fence_margin + c.heartbeat_interval >= c.lease_ttl {
+        if c.fence_margin < MILLI || c.fence_margin + c.heartbeat_interval >= c.lease_ttl {
             return Err(ConfigError::BadFenceMargin {
                 margin: c.fence_margin,
                 heartbeat: c.heartbeat_interval,
                 ttl: c.lease_ttl,
             });
         }
-        if c.shutdown_grace.is_zero() {
-            return Err(ConfigError::ZeroGrace);
-        }
-        if c.claim_interval.is_zero() {
-            return Err(ConfigError::ZeroClaimInterval);
-        }
-        if c.claim_batch == 0 {
-            return Err(ConfigError::ZeroClaimBatch);
-        }
-        if c.max_failures == 0 {
-            return Err(ConfigError::ZeroMaxFailures);
-        }
+        duration("claim_interval", c.claim_interval, MILLI, HOUR)?;
+        duration("shutdown_grace", c.shutdown_grace, MILLI, HOUR)?;
+        duration("abandon_timeout", c.abandon_timeout, MILLI, HOUR)?;
+        duration("resync_interval", c.resync_interval, 100 * MILLI, DAY)?;
+        duration("healthy_run", c.healthy_run, MILLI, DAY)?;
+        duration("handoff_avoid", c.handoff_avoid, Duration::ZERO, HOUR)?;
+        duration(
+            "restart_backoff (its maximum delay)",
+            c.restart_backoff.max(),
+            Duration::ZERO,
+            DAY,
+        )?;
         Ok(c)
     }
+}
+
+const MILLI: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// Below this no backend can renew a lease in time across a network, and timer
+/// granularity alone eats the fence margin.
+const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
+
+fn duration(
+    setting: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::OutOfRange {
+            setting,
+            value: format!("{value:?}"),
+            valid: format!("{min:?} to {max:?}"),
+        });
+    }
+    Ok(())
+}
+
+fn count(setting: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::OutOfRange {
+            setting,
+            value: value.to_string(),
+            valid: format!("{min} to {max}"),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -265,17 +341,21 @@ mod tests {
         assert!(c.node_name().starts_with("node-"));
     }
 
+    fn out_of_range(result: Result<EngineConfig, ConfigError>, name: &str) {
+        match result {
+            Err(ConfigError::OutOfRange { setting, .. }) => assert_eq!(setting, name),
+            other => panic!("{name}: expected OutOfRange, got {other:?}"),
+        }
+    }
+
     #[test]
     fn each_bad_setting_is_a_typed_error() {
         let b = EngineConfig::builder;
-        assert_eq!(
-            b().max_loops(0).build().unwrap_err(),
-            ConfigError::ZeroMaxLoops
-        );
-        assert_eq!(
-            b().lease_ttl(Duration::ZERO).build().unwrap_err(),
-            ConfigError::ZeroLeaseTtl
-        );
+        out_of_range(b().max_loops(0).build(), "max_loops");
+        out_of_range(b().max_loops(usize::MAX).build(), "max_loops");
+        out_of_range(b().lease_ttl(Duration::ZERO).build(), "lease_ttl");
+        out_of_range(b().lease_ttl(Duration::from_nanos(5)).build(), "lease_ttl");
+        out_of_range(b().lease_ttl(Duration::MAX).build(), "lease_ttl");
         assert!(matches!(
             b().lease_ttl(Duration::from_secs(3))
                 .heartbeat_interval(Duration::from_secs(2))
@@ -283,9 +363,9 @@ mod tests {
                 .unwrap_err(),
             ConfigError::HeartbeatTooSlow { .. }
         ));
-        assert_eq!(
-            b().heartbeat_interval(Duration::ZERO).build().unwrap_err(),
-            ConfigError::ZeroHeartbeat
+        out_of_range(
+            b().heartbeat_interval(Duration::ZERO).build(),
+            "heartbeat_interval",
         );
         assert!(matches!(
             b().lease_ttl(Duration::from_secs(3))
@@ -295,25 +375,47 @@ mod tests {
                 .unwrap_err(),
             ConfigError::BadFenceMargin { .. }
         ));
-        assert_eq!(
-            b().shutdown_grace(Duration::ZERO).build().unwrap_err(),
-            ConfigError::ZeroGrace
+        out_of_range(b().shutdown_grace(Duration::ZERO).build(), "shutdown_grace");
+        out_of_range(b().shutdown_grace(Duration::MAX).build(), "shutdown_grace");
+        out_of_range(b().claim_interval(Duration::ZERO).build(), "claim_interval");
+        out_of_range(b().claim_interval(Duration::MAX).build(), "claim_interval");
+        out_of_range(b().claim_batch(0).build(), "claim_batch");
+        out_of_range(b().max_failures(0).build(), "max_failures");
+        out_of_range(
+            b().abandon_timeout(Duration::ZERO).build(),
+            "abandon_timeout",
         );
-        assert_eq!(
-            b().claim_interval(Duration::ZERO).build().unwrap_err(),
-            ConfigError::ZeroClaimInterval
+        out_of_range(
+            b().abandon_timeout(Duration::MAX).build(),
+            "abandon_timeout",
         );
-        assert_eq!(
-            b().claim_batch(0).build().unwrap_err(),
-            ConfigError::ZeroClaimBatch
+        out_of_range(
+            b().resync_interval(Duration::from_millis(1)).build(),
+            "resync_interval",
         );
-        assert_eq!(
-            b().max_failures(0).build().unwrap_err(),
-            ConfigError::ZeroMaxFailures
+        out_of_range(
+            b().resync_interval(Duration::MAX).build(),
+            "resync_interval",
         );
+        out_of_range(b().healthy_run(Duration::MAX).build(), "healthy_run");
+        out_of_range(b().handoff_avoid(Duration::MAX).build(), "handoff_avoid");
         assert!(matches!(
             b().node_name("a\nb").build().unwrap_err(),
             ConfigError::BadNodeName(_)
         ));
+    }
+
+    #[test]
+    fn error_messages_name_the_setting_and_its_range() {
+        let e = EngineConfig::builder()
+            .shutdown_grace(Duration::MAX)
+            .build()
+            .unwrap_err();
+        let message = e.to_string();
+        assert!(message.contains("shutdown_grace"), "{message}");
+        assert!(
+            message.contains("1h") || message.contains("3600s"),
+            "{message}"
+        );
     }
 }

@@ -100,17 +100,37 @@ impl LoopContext {
 
     /// Resolves when the loop must persist its state and return quickly.
     pub async fn shutdown(&self) -> ShutdownReason {
-        self.slot.wait_for(|| self.slot.shutdown_reason()).await
+        self.slot.wait_for(|| self.slot.reason_now()).await
     }
 
-    /// Why the loop was asked to stop, if it was.
+    /// Why the loop must stop, if it must.
+    ///
+    /// Judged when called: besides a signalled reason, this is
+    /// [`OwnershipLost`](ShutdownReason::OwnershipLost) as soon as the node can no longer
+    /// vouch for its lease (the send time of its last successful heartbeat + TTL − fence
+    /// margin has passed on its own clock), even if the engine has not yet got round to
+    /// signalling — for instance right after the process was frozen past its lease.
     pub fn shutdown_reason(&self) -> Option<ShutdownReason> {
-        self.slot.shutdown_reason()
+        self.slot.reason_now()
     }
 
-    /// Whether the loop was asked to stop.
+    /// Whether the loop must stop; judged when called, like
+    /// [`shutdown_reason`](Self::shutdown_reason).
     pub fn is_shutting_down(&self) -> bool {
-        self.slot.shutdown_reason().is_some()
+        self.slot.reason_now().is_some()
+    }
+
+    /// Whether this loop may still act as its key's owner right now: it has not lost
+    /// ownership, and the node's lease is certainly still valid. Cheap (an atomic load and
+    /// a clock read) and synchronous: call it right before every write to an external
+    /// system, and pass [`epoch`](Self::epoch) along so the system can fence writes itself
+    /// (a check and a write are never atomic; the epoch is what makes a stale write
+    /// harmless).
+    ///
+    /// During a graceful shutdown the loop is still the owner (it may persist and hand
+    /// off); this turns `false` only when ownership is lost or cannot be vouched for.
+    pub fn is_owner(&self) -> bool {
+        self.slot.is_owner()
     }
 
     /// A token cancelled together with the shutdown signal, to abort calls to external
@@ -138,7 +158,7 @@ impl LoopContext {
     pub async fn next(&self) -> Wake {
         self.slot
             .wait_for(|| {
-                if let Some(reason) = self.slot.shutdown_reason() {
+                if let Some(reason) = self.slot.reason_now() {
                     Some(Wake::Shutdown(reason))
                 } else if self.slot.take_trigger() {
                     Some(Wake::Triggered)

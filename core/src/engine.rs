@@ -8,13 +8,14 @@ use tokio_util::sync::CancellationToken;
 
 use keyloop_supervisor::{Service, Snapshot, Supervisor};
 
+use crate::clock::LeaseClock;
 use crate::dispatch::Shared;
-use crate::lease::LeaseClock;
+use crate::lease::Renewal;
 use crate::slot::{LoopSlot, Session};
 use crate::{
-    Backoff, Client, Controller, Coordinator, EngineConfig, EngineConfigBuilder, Error, IntoKey,
-    Key, KeyStatus, Limits, NodeId, NodeInfo, Release, ShutdownReason, ShutdownReport,
-    TriggerOutcome, claimer, lease, runner,
+    Backoff, Client, Controller, Coordinator, Defect, EngineConfig, EngineConfigBuilder, Error,
+    IntoKey, Key, KeyStatus, Lease, Limits, NodeId, NodeInfo, Release, ShutdownReason,
+    ShutdownReport, TriggerOutcome, claimer, lease, runner,
 };
 
 pub(crate) const RUNNING: u8 = 0;
@@ -40,7 +41,12 @@ pub(crate) struct Inner {
     pub(crate) owned: AtomicUsize,
     pub(crate) phase: AtomicU8,
     pub(crate) session: RwLock<Option<Arc<Session>>>,
-    pub(crate) lease_clock: Mutex<LeaseClock>,
+    /// The clock leases are measured on (see `clock.rs`).
+    pub(crate) clock: LeaseClock,
+    /// The current incarnation's last successful renewal. Kept here, not in the keeper task,
+    /// so that a keeper restarted by the supervisor after a panic fences on the same
+    /// deadline.
+    pub(crate) renewal: Mutex<Renewal>,
     /// Status of the engine's own supervised services (`lease`, `claims`).
     services: Mutex<Option<tokio::sync::watch::Receiver<Snapshot>>>,
     pub(crate) background: Mutex<Vec<AbortHandle>>,
@@ -60,15 +66,70 @@ impl Inner {
     }
 
     pub(crate) fn new_session(&self) -> Arc<Session> {
-        Arc::new(Session {
-            node: NodeInfo {
+        Arc::new(Session::new(
+            NodeInfo {
                 id: NodeId::random(),
                 name: self.config.node_name.clone(),
             },
-            coordinator: Arc::clone(&self.coordinator),
-            max_state_bytes: self.limits.max_state_bytes,
-            listener: self.config.status_listener.clone(),
-        })
+            Arc::clone(&self.coordinator),
+            self.limits.max_state_bytes,
+            self.config.status_listener.clone(),
+            self.clock,
+            !self.config.defects.has(Defect::LoopsIgnoreLeaseClock),
+        ))
+    }
+
+    /// Joins the cluster as `session` and checks the lease granted; on success the caller
+    /// makes the session current.
+    pub(crate) async fn join(&self, session: &Session) -> Result<Renewal, Error> {
+        let sent = self.clock.now();
+        let lease = self
+            .coordinator
+            .join(
+                &session.node,
+                self.config.lease_ttl,
+                self.shared.sink(session.node.id),
+            )
+            .await?;
+        if let Err(e) = self.check_lease(&lease) {
+            // Do not keep a lease the engine cannot hold safely.
+            let _ = self.coordinator.leave(&session.node.id).await;
+            return Err(e);
+        }
+        let renewal = Renewal {
+            sent,
+            ttl: lease.ttl,
+        };
+        session.renewed(renewal.fence_at(self.config.fence_margin));
+        self.shared.lost.keep_only(session.node.id);
+        Ok(renewal)
+    }
+
+    /// A lease shorter than requested, or too short to renew and self-fence in time, would
+    /// mean endless fence-and-rejoin churn: refuse it.
+    pub(crate) fn check_lease(&self, lease: &Lease) -> Result<(), Error> {
+        let needed = self.config.heartbeat_interval + self.config.fence_margin;
+        if self.config.defects.has(Defect::AcceptsShortLeases) {
+            return Ok(());
+        }
+        if lease.ttl < self.config.lease_ttl || lease.ttl <= needed {
+            return Err(Error::LeaseTooShort {
+                requested: self.config.lease_ttl,
+                granted: lease.ttl,
+                needed: needed.max(self.config.lease_ttl),
+            });
+        }
+        Ok(())
+    }
+
+    /// Called by a loop's task as it ends (returned, or dropped after an abort): removes
+    /// the loop from the table if it is still there and frees its capacity.
+    pub(crate) fn task_ended(&self, slot: &Arc<LoopSlot>) {
+        slot.mark_ended();
+        self.finish_slot(slot);
+        if self.shared.draining.load(Ordering::Acquire) {
+            self.shared.loop_ended.notify_waiters();
+        }
     }
 
     /// Removes a loop from the table (if it is still there) and frees its capacity.
@@ -81,6 +142,29 @@ impl Inner {
             if before >= self.config.max_loops {
                 // Capacity freed: keys left pending for lack of it can be claimed now.
                 self.shared.claim_wake.notify_one();
+            }
+        }
+    }
+
+    /// Waits until every slot in `slots` has ended, or until `deadline`; returns those that
+    /// have not ended. Only while `draining` is set do ending tasks wake this.
+    pub(crate) async fn wait_for_ended(
+        &self,
+        slots: Vec<Arc<LoopSlot>>,
+        deadline: Instant,
+    ) -> Vec<Arc<LoopSlot>> {
+        loop {
+            let ended = self.shared.loop_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if slots.iter().all(|s| s.has_ended()) {
+                return Vec::new();
+            }
+            tokio::select! {
+                _ = ended => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return slots.into_iter().filter(|s| !s.has_ended()).collect();
+                }
             }
         }
     }
@@ -103,19 +187,50 @@ impl Inner {
     }
 
     /// Starts the loop for a fresh claim.
+    ///
+    /// Worst interleaving this guards against: the claimer checks that the engine runs and
+    /// that the claim's session is current, then shutdown (or fencing) changes the phase
+    /// (the session), takes its snapshot of the loop table and signals every loop in it,
+    /// and only then the claimer inserts the new loop — which would run unsignalled. So the
+    /// slot is inserted first and the phase and session are checked after: shutdown and
+    /// fencing change them before their snapshot, and both the insert and the snapshot
+    /// take the shard's lock, so either the snapshot sees the slot or this check sees the
+    /// change. A loop signalled here before it ran gives its key back without running.
     pub(crate) fn start_loop(self: &Arc<Self>, slot: Arc<LoopSlot>) {
-        match self.shared.loops.insert(Arc::clone(&slot)) {
-            None => {
-                self.owned.fetch_add(1, Ordering::AcqRel);
-            }
-            Some(previous) => {
-                // A loop of an earlier incarnation still draining: it cannot own the key.
-                previous.signal_shutdown(ShutdownReason::OwnershipLost);
-                previous.abort();
-            }
+        let check_first = self.config.defects.has(Defect::ChecksBeforeInsert);
+        if check_first {
+            self.stop_unless_current(&slot);
+            // The old order's window, as wide as a preemption of the claimer's thread
+            // right here makes it in production.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Counted before it is visible, so `owned` never undercounts the table.
+        self.owned.fetch_add(1, Ordering::AcqRel);
+        if let Some(previous) = self.shared.loops.insert(Arc::clone(&slot)) {
+            // A loop left in the table by an earlier incarnation: it cannot own the key any
+            // more. The new slot takes over its count (its task will find itself gone from
+            // the table and not decrement).
+            self.owned.fetch_sub(1, Ordering::AcqRel);
+            previous.signal_shutdown(ShutdownReason::OwnershipLost);
+            previous.abort();
+        }
+        if !check_first {
+            self.stop_unless_current(&slot);
         }
         let handle = tokio::spawn(runner::run(Arc::clone(self), Arc::clone(&slot)));
         slot.set_abort_handle(handle.abort_handle());
+    }
+
+    /// Signals `slot` unless the engine runs and its session is the current one.
+    fn stop_unless_current(&self, slot: &LoopSlot) {
+        let current = self
+            .current_session()
+            .is_some_and(|s| Arc::ptr_eq(&s, &slot.session));
+        if !current {
+            slot.signal_shutdown(ShutdownReason::OwnershipLost);
+        } else if self.phase() != RUNNING {
+            slot.signal_shutdown(ShutdownReason::NodeShutdown);
+        }
     }
 
     pub(crate) fn record(&self, f: impl FnOnce(&mut ShutdownReport)) {
@@ -147,8 +262,9 @@ impl Engine {
         controller: Arc<dyn Controller>,
     ) -> Result<Engine, Error> {
         let limits = coordinator.limits();
+        let clock = LeaseClock::new();
         let inner = Arc::new(Inner {
-            shared: Arc::new(Shared::new()),
+            shared: Arc::new(Shared::new(config.defects)),
             coordinator,
             controller,
             config,
@@ -156,8 +272,9 @@ impl Engine {
             owned: AtomicUsize::new(0),
             phase: AtomicU8::new(RUNNING),
             session: RwLock::new(None),
-            lease_clock: Mutex::new(LeaseClock {
-                last_ok: Instant::now(),
+            clock,
+            renewal: Mutex::new(Renewal {
+                sent: 0,
                 ttl: Duration::ZERO,
             }),
             services: Mutex::new(None),
@@ -168,16 +285,9 @@ impl Engine {
             shutdown_result: tokio::sync::OnceCell::new(),
         });
         let session = inner.new_session();
-        let sent = Instant::now();
-        let lease = inner
-            .coordinator
-            .join(&session.node, inner.config.lease_ttl, inner.shared.sink())
-            .await?;
+        let renewal = inner.join(&session).await?;
         tracing::info!(node = %session.node.id, name = %session.node.name, "joined");
-        *inner.lease_clock.lock().unwrap() = LeaseClock {
-            last_ok: sent,
-            ttl: lease.ttl,
-        };
+        *inner.renewal.lock().unwrap() = renewal;
         *inner.session.write().unwrap() = Some(session);
         supervise(&inner);
         inner.shared.claim_wake.notify_one();
@@ -382,7 +492,12 @@ async fn shutdown(inner: Arc<Inner>) -> ShutdownReport {
     inner
         .wait_for_loops(started + inner.config.shutdown_grace)
         .await;
-    for slot in inner.shared.loops.all() {
+    // Loops past the grace are abandoned: aborted, and their keys released only once their
+    // task has ended. Releasing earlier would let another node start the key while this
+    // loop still runs (an abort takes effect at the task's next `.await`; code blocking its
+    // thread never reaches one).
+    let abandoned = inner.shared.loops.all();
+    for slot in &abandoned {
         tracing::error!(
             key = %slot.key,
             epoch = slot.epoch.0,
@@ -390,6 +505,22 @@ async fn shutdown(inner: Arc<Inner>) -> ShutdownReport {
             "loop ignored its shutdown signal past the grace period: abandoned"
         );
         slot.abort();
+        inner.record(|r| r.abandoned.push(slot.key.clone()));
+    }
+    let at_once = inner.config.defects.has(Defect::ReleasesAbandonedAtOnce);
+    let stuck = if at_once {
+        Vec::new()
+    } else {
+        inner
+            .wait_for_ended(
+                abandoned.clone(),
+                Instant::now() + inner.config.abandon_timeout,
+            )
+            .await
+    };
+    for slot in abandoned.iter().filter(|s| at_once || s.has_ended()) {
+        // The task may have released the key itself on its way out (an abort lands only at
+        // an `.await`); then this release is fenced, which is fine.
         let released = slot
             .session
             .coordinator
@@ -398,21 +529,37 @@ async fn shutdown(inner: Arc<Inner>) -> ShutdownReport {
                 &slot.key,
                 slot.epoch,
                 Release::Continue {
-                    avoid_for: std::time::Duration::ZERO,
+                    avoid_for: Duration::ZERO,
                 },
             )
             .await;
         if let Err(e) = released {
-            tracing::warn!(key = %slot.key, error = %e, "could not release abandoned key; it fails over after the lease");
+            tracing::debug!(key = %slot.key, error = %e, "abandoned key not released (already released, or no longer ours)");
         }
-        inner.record(|r| r.abandoned.push(slot.key.clone()));
-        inner.finish_slot(&slot);
+    }
+    for slot in &stuck {
+        tracing::error!(
+            key = %slot.key,
+            epoch = slot.epoch.0,
+            waited = ?inner.config.abandon_timeout,
+            "abandoned loop did not end after it was aborted: its key is left to lease expiry"
+        );
+        inner.record(|r| r.left_to_expire.push(slot.key.clone()));
     }
     inner.stop_lease.cancel();
     if let Some(session) = inner.current_session() {
-        if let Err(e) = inner.coordinator.leave(&session.node.id).await {
-            tracing::warn!(error = %e, "could not leave the cluster; the lease will expire");
+        if stuck.is_empty() {
+            if let Err(e) = inner.coordinator.leave(&session.node.id).await {
+                tracing::warn!(error = %e, "could not leave the cluster; the lease will expire");
+            }
+        } else {
+            // Leaving would release the stuck loops' keys: let the lease run out instead.
+            tracing::warn!(
+                stuck = stuck.len(),
+                "not leaving the cluster: keys of loops still running fail over when the lease expires"
+            );
         }
+        session.expire();
     }
     for handle in inner.background.lock().unwrap().drain(..) {
         handle.abort();
@@ -425,6 +572,7 @@ async fn shutdown(inner: Arc<Inner>) -> ShutdownReport {
         &mut report.handed_off,
         &mut report.completed,
         &mut report.abandoned,
+        &mut report.left_to_expire,
     ] {
         list.sort();
     }

@@ -111,12 +111,17 @@ impl CoordinatorError {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// `max_loops` was zero.
-    #[error("max_loops must be at least 1")]
-    ZeroMaxLoops,
-    /// The lease TTL was zero.
-    #[error("lease_ttl must be greater than zero")]
-    ZeroLeaseTtl,
+    /// A setting was outside its valid range (listed on
+    /// [`EngineConfig::builder`](crate::EngineConfig::builder)).
+    #[error("{setting} = {value} is out of range: valid is {valid}")]
+    OutOfRange {
+        /// The setting.
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// The valid range.
+        valid: String,
+    },
     /// The heartbeat interval was not well below the lease TTL.
     #[error(
         "heartbeat_interval {heartbeat:?} must be at most a third of lease_ttl {ttl:?} \
@@ -128,12 +133,9 @@ pub enum ConfigError {
         /// The configured lease TTL.
         ttl: Duration,
     },
-    /// The heartbeat interval was zero.
-    #[error("heartbeat_interval must be greater than zero")]
-    ZeroHeartbeat,
     /// The self-fencing margin did not leave room for heartbeats.
     #[error(
-        "fence_margin {margin:?} must be greater than zero and leave at least one \
+        "fence_margin {margin:?} must be at least 1ms and leave at least one \
          heartbeat_interval {heartbeat:?} before lease_ttl {ttl:?}"
     )]
     BadFenceMargin {
@@ -144,20 +146,8 @@ pub enum ConfigError {
         /// The configured lease TTL.
         ttl: Duration,
     },
-    /// The shutdown grace period was zero.
-    #[error("shutdown_grace must be greater than zero")]
-    ZeroGrace,
-    /// The claim interval was zero.
-    #[error("claim_interval must be greater than zero")]
-    ZeroClaimInterval,
-    /// The claim batch was zero.
-    #[error("claim_batch must be at least 1")]
-    ZeroClaimBatch,
-    /// The failure tolerance was zero.
-    #[error("max_failures must be at least 1")]
-    ZeroMaxFailures,
-    /// The node name was empty or had control characters.
-    #[error("node_name must be non-empty printable text, got {0:?}")]
+    /// The node name had control characters or was longer than 256 bytes.
+    #[error("node_name must be printable text of at most 256 bytes, got {0:?}")]
     BadNodeName(String),
 }
 
@@ -177,6 +167,20 @@ pub enum Error {
     /// The engine has shut down (or is shutting down) and takes no more work.
     #[error("engine has shut down")]
     ShutDown,
+    /// The backend granted a lease shorter than requested, or too short to renew and
+    /// self-fence in time (it must exceed `heartbeat_interval + fence_margin`).
+    #[error(
+        "the backend granted a lease of {granted:?} for a requested {requested:?}; \
+         the engine needs at least {needed:?}"
+    )]
+    LeaseTooShort {
+        /// The TTL the engine asked for.
+        requested: Duration,
+        /// The TTL the backend granted.
+        granted: Duration,
+        /// The shortest TTL the engine accepts with its settings.
+        needed: Duration,
+    },
 }
 
 /// An error from a loop's fenced state ([`StateHandle`](crate::StateHandle)).

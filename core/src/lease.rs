@@ -2,21 +2,38 @@
 //! again under a new node id after the lease is lost.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
+use crate::clock::{LeaseNanos, saturating_nanos};
 use crate::engine::{Inner, RUNNING};
 use crate::slot::Session;
 use crate::{CoordinatorError, ShutdownReason};
 
-/// When the current lease was last renewed (send time of the request) and for how long.
-/// Kept in the engine, not in the keeper task, so that a keeper restarted by the supervisor
-/// after a panic fences on the same deadline.
+/// The last successful renewal of an incarnation: when its request was *sent*, on the
+/// lease clock, and the TTL the backend granted. The backend received the request after
+/// `sent`, so it cannot expire the lease before `sent + ttl`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct LeaseClock {
-    pub(crate) last_ok: Instant,
+pub(crate) struct Renewal {
+    pub(crate) sent: LeaseNanos,
     pub(crate) ttl: Duration,
+}
+
+impl Renewal {
+    /// After this the incarnation stops its loops: `margin` before the lease could expire.
+    pub(crate) fn fence_at(&self, margin: Duration) -> LeaseNanos {
+        self.sent
+            .saturating_add(saturating_nanos(self.ttl.saturating_sub(margin)))
+    }
+
+    /// After this loops that ignored the fence are aborted: strictly before the backend can
+    /// expire the lease (`margin / 2` before it).
+    pub(crate) fn hard_deadline(&self, margin: Duration) -> LeaseNanos {
+        self.sent
+            .saturating_add(saturating_nanos(self.ttl.saturating_sub(margin / 2)))
+    }
 }
 
 /// Runs as the engine's supervised `lease` service.
@@ -29,8 +46,7 @@ pub(crate) async fn keep(inner: Arc<Inner>) {
             }
             continue;
         };
-        let mut clock = *inner.lease_clock.lock().unwrap();
-        let lost = renew_until_lost(&inner, &session, &mut clock).await;
+        let lost = renew_until_lost(&inner, &session).await;
         let Some(hard_deadline) = lost else {
             return;
         };
@@ -48,95 +64,108 @@ pub(crate) async fn keep(inner: Arc<Inner>) {
     }
 }
 
-/// Renews until the lease is lost (returns the instant by which every loop must be gone)
-/// or the engine stops (`None`).
-async fn renew_until_lost(
-    inner: &Inner,
-    session: &Session,
-    clock: &mut LeaseClock,
-) -> Option<Instant> {
+/// Renews until the lease is lost (returns the lease-clock time by which every loop must be
+/// gone) or the engine stops (`None`).
+async fn renew_until_lost(inner: &Inner, session: &Session) -> Option<LeaseNanos> {
     let interval = inner.config.heartbeat_interval;
     let margin = inner.config.fence_margin;
-    let mut next_beat = clock.last_ok + interval;
+    let clock = inner.clock;
+    let mut renewal = *inner.renewal.lock().unwrap();
+    let mut next_beat = renewal.sent.saturating_add(saturating_nanos(interval));
     loop {
-        let LeaseClock { last_ok, ttl } = *clock;
-        let fence_at = last_ok + ttl.saturating_sub(margin);
+        let fence_at = renewal.fence_at(margin);
+        if clock.now() >= fence_at {
+            tracing::error!(?margin, "lease not renewed in time: stopping every loop");
+            return Some(renewal.hard_deadline(margin));
+        }
         tokio::select! {
             _ = inner.stop_lease.cancelled() => return None,
-            _ = inner.shared.lost_wake.notified() => {
+            _ = inner.shared.lost.wait(session.node.id) => {
                 tracing::error!("backend reports every ownership lost");
-                return Some(Instant::now());
+                return Some(clock.now());
             }
-            _ = sleep_until(fence_at) => {
-                tracing::error!(?margin, "lease not renewed in time: stopping every loop");
-                return Some(hard_deadline(last_ok, ttl, margin));
-            }
-            _ = sleep_until(next_beat) => {}
+            // Timers follow the monotonic clock; a wake-up re-reads the lease clock, which
+            // also counts a suspend of the machine.
+            _ = sleep_until(clock.instant_of(fence_at)) => continue,
+            _ = sleep_until(clock.instant_of(next_beat)) => {}
         }
-        let sent = Instant::now();
+        if clock.now() >= fence_at {
+            continue;
+        }
+        let sent = clock.now();
         let outcome = tokio::select! {
             _ = inner.stop_lease.cancelled() => return None,
             outcome = tokio::time::timeout(interval, inner.coordinator.heartbeat(&session.node.id)) => outcome,
-            _ = sleep_until(fence_at) => {
-                tracing::error!(?margin, "lease not renewed in time: stopping every loop");
-                return Some(hard_deadline(last_ok, ttl, margin));
-            }
+            _ = sleep_until(clock.instant_of(fence_at)) => continue,
         };
         match outcome {
             Ok(Ok(lease)) => {
-                *clock = LeaseClock {
-                    last_ok: sent,
+                if lease.ttl < renewal.ttl {
+                    tracing::warn!(granted = ?lease.ttl, before = ?renewal.ttl, "backend renewed the lease for less than before");
+                }
+                renewal = Renewal {
+                    sent,
                     ttl: lease.ttl,
                 };
-                *inner.lease_clock.lock().unwrap() = *clock;
-                next_beat = sent + interval;
+                *inner.renewal.lock().unwrap() = renewal;
+                session.renewed(renewal.fence_at(margin));
+                next_beat = sent.saturating_add(saturating_nanos(interval));
             }
             Ok(Err(CoordinatorError::LeaseExpired { .. })) => {
                 tracing::error!("lease expired on the backend: stopping every loop");
-                return Some(Instant::now());
+                return Some(clock.now());
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "heartbeat failed: retrying");
-                next_beat = Instant::now() + interval / 4;
+                next_beat = clock.now().saturating_add(saturating_nanos(interval / 4));
             }
             Err(_) => {
                 tracing::warn!(?interval, "heartbeat timed out: retrying");
-                next_beat = Instant::now();
+                next_beat = clock.now();
             }
         }
     }
 }
 
-/// When loops that ignored the fence are aborted: strictly before the backend can expire
-/// the lease (it measures from when it received the heartbeat, which is after `last_ok`).
-fn hard_deadline(last_ok: Instant, ttl: Duration, margin: Duration) -> Instant {
-    last_ok + ttl.saturating_sub(margin / 2)
-}
-
 /// Stops every loop of `session`, and aborts those still running at `hard_deadline`.
-async fn fence(inner: &Inner, session: &Session, hard_deadline: Instant) {
-    // Cleared first, so that the claimer takes nothing more under this incarnation (a claim
-    // in flight is given back untouched). Every loop now belongs to it: the next
-    // incarnation starts only after this returns.
+///
+/// When the deadline has already passed (the process was frozen past its lease, or the
+/// backend says the lease is gone), loops still get `fence_margin / 2` to see their signal
+/// before they are aborted: the lease is gone either way, and a loop that sees the signal
+/// can stop cleanly instead of being cut off mid-step.
+async fn fence(inner: &Inner, session: &Session, hard_deadline: LeaseNanos) {
+    // First, so that loops judging the lease synchronously stop acting at once.
+    session.expire();
+    // Cleared before the snapshot, so that the claimer takes nothing more under this
+    // incarnation: a loop it inserts from now on sees the change and stops unrun (see
+    // `Inner::start_loop`). The next incarnation starts only after this returns.
     *inner.session.write().unwrap() = None;
-    inner
-        .shared
-        .draining
-        .store(true, std::sync::atomic::Ordering::Release);
+    inner.shared.draining.store(true, Ordering::Release);
     for slot in inner.shared.loops.all() {
         slot.signal_shutdown(ShutdownReason::OwnershipLost);
     }
-    inner.wait_for_loops(hard_deadline).await;
-    for slot in inner.shared.loops.all() {
+    let clock = inner.clock;
+    let floor = clock
+        .now()
+        .saturating_add(saturating_nanos(inner.config.fence_margin / 2));
+    let deadline = clock.instant_of(hard_deadline.max(floor));
+    inner.wait_for_loops(deadline).await;
+    let left = inner.shared.loops.all();
+    for slot in &left {
         tracing::error!(key = %slot.key, node = %session.node.id, "loop still running at lease expiry: aborted");
         slot.abort();
-        inner.finish_slot(&slot);
+    }
+    let stuck = inner
+        .wait_for_ended(left.clone(), Instant::now() + inner.config.abandon_timeout)
+        .await;
+    for slot in &stuck {
+        tracing::error!(key = %slot.key, node = %session.node.id, "aborted loop did not end: it may still run after the lease expired");
+    }
+    for slot in &left {
+        inner.finish_slot(slot);
     }
     if inner.phase() == RUNNING {
-        inner
-            .shared
-            .draining
-            .store(false, std::sync::atomic::Ordering::Release);
+        inner.shared.draining.store(false, Ordering::Release);
     }
 }
 
@@ -149,21 +178,11 @@ async fn rejoin(inner: &Inner) -> bool {
             return false;
         }
         let session = inner.new_session();
-        let sent = Instant::now();
-        let joined = tokio::time::timeout(
-            interval,
-            inner
-                .coordinator
-                .join(&session.node, inner.config.lease_ttl, inner.shared.sink()),
-        )
-        .await;
+        let joined = tokio::time::timeout(interval, inner.join(&session)).await;
         match joined {
-            Ok(Ok(lease)) => {
+            Ok(Ok(renewal)) => {
                 tracing::info!(node = %session.node.id, "joined again after losing the lease");
-                *inner.lease_clock.lock().unwrap() = LeaseClock {
-                    last_ok: sent,
-                    ttl: lease.ttl,
-                };
+                *inner.renewal.lock().unwrap() = renewal;
                 *inner.session.write().unwrap() = Some(session);
                 inner.shared.claim_wake.notify_one();
                 return true;

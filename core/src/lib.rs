@@ -36,10 +36,12 @@
 
 mod claimer;
 mod client;
+mod clock;
 mod config;
 mod context;
 mod controller;
 mod coordinator;
+mod defect;
 mod dispatch;
 mod engine;
 mod error;
@@ -63,6 +65,8 @@ pub use coordinator::{
     Claim, ClusterSnapshot, Coordinator, KeyInfo, Lease, Limits, NodeSnapshot, Release, Released,
     TriggerOutcome,
 };
+#[doc(hidden)]
+pub use defect::Defect;
 pub use engine::{Engine, EngineBuilder};
 pub use error::{BoxError, ConfigError, CoordinatorError, Error, StateError};
 pub use event::{CoordinatorEvent, EventSink};

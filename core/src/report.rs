@@ -16,6 +16,10 @@ pub struct ShutdownReport {
     /// abandoned (aborted where possible) and the key released, so the loop's epoch is
     /// fenced.
     pub abandoned: Vec<Key>,
+    /// Abandoned keys whose loop did not end even after it was aborted (code blocking its
+    /// thread): they were not released — releasing would let another node start while the
+    /// loop still runs — and fail over when this node's lease expires.
+    pub left_to_expire: Vec<Key>,
     /// How long the shutdown took.
     pub elapsed: Duration,
 }

@@ -22,7 +22,24 @@ enum Outcome {
     Failed(String),
 }
 
+/// Marks the loop's task ended when it is dropped: after it returned, or when an abort
+/// dropped it at an `.await`. Shutdown releases an abandoned loop's key only after this.
+struct Ended<'a> {
+    inner: &'a Inner,
+    slot: &'a Arc<LoopSlot>,
+}
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.inner.task_ended(self.slot);
+    }
+}
+
 pub(crate) async fn run(inner: Arc<Inner>, slot: Arc<LoopSlot>) {
+    let _ended = Ended {
+        inner: &inner,
+        slot: &slot,
+    };
     let span = tracing::info_span!(
         "loop",
         key = %slot.key,
@@ -30,10 +47,17 @@ pub(crate) async fn run(inner: Arc<Inner>, slot: Arc<LoopSlot>) {
         node = %slot.session.node.id
     );
     drive(&inner, &slot).instrument(span).await;
-    inner.finish_slot(&slot);
 }
 
 async fn drive(inner: &Arc<Inner>, slot: &Arc<LoopSlot>) {
+    if slot.reason_now().is_some() {
+        // Signalled before it ever ran (shutdown or fencing began while it was claimed):
+        // no loop of this node runs the key, so give it back for another node. The
+        // release is fenced; if the lease is already gone it fails harmlessly.
+        tracing::debug!("claimed while stopping: giving the key back unrun");
+        hand_off(inner, slot).await;
+        return;
+    }
     loop {
         slot.observe_all();
         slot.set_running();
@@ -62,7 +86,7 @@ async fn after_run(
     outcome: Outcome,
     started: Instant,
 ) -> bool {
-    let shutdown = slot.shutdown_reason();
+    let shutdown = slot.reason_now();
     if shutdown == Some(ShutdownReason::OwnershipLost) {
         tracing::debug!("loop stopped after losing ownership");
         return false;
@@ -108,9 +132,14 @@ async fn after_run(
             };
             slot.set_failures(failures);
             if failures >= inner.config.max_failures {
+                let observed = if inner.config.defects.has(crate::Defect::ParkIgnoresTriggers) {
+                    u64::MAX
+                } else {
+                    slot.observed_seq()
+                };
                 let how = Release::Park {
                     error: error.clone(),
-                    observed_seq: crate::TriggerSeq(slot.observed_seq()),
+                    observed_seq: crate::TriggerSeq(observed),
                 };
                 match release(inner, slot, how).await {
                     Some(Released::Retriggered { seq }) => {

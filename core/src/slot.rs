@@ -4,21 +4,67 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{LeaseClock, LeaseNanos};
 use crate::{Coordinator, Epoch, Key, KeyStatus, NodeInfo, ShutdownReason, StatusListener};
 
-/// One node incarnation: what every loop of that incarnation needs to talk to the backend.
+/// One node incarnation: what every loop of that incarnation needs to talk to the backend,
+/// and until when it may act.
 pub(crate) struct Session {
     pub(crate) node: NodeInfo,
     pub(crate) coordinator: Arc<dyn Coordinator>,
     pub(crate) max_state_bytes: usize,
     pub(crate) listener: Option<StatusListener>,
+    clock: LeaseClock,
+    /// Whether loops judge the lease clock (always, but for a deliberate defect).
+    judge_lease: bool,
+    /// The lease-clock time after which this incarnation must not act: the send time of
+    /// its last successful renewal + TTL − fence margin. Loops judge it synchronously, so a
+    /// process resumed after a freeze stops acting before its lease keeper has even run.
+    fence_at: AtomicU64,
+}
+
+impl Session {
+    pub(crate) fn new(
+        node: NodeInfo,
+        coordinator: Arc<dyn Coordinator>,
+        max_state_bytes: usize,
+        listener: Option<StatusListener>,
+        clock: LeaseClock,
+        judge_lease: bool,
+    ) -> Session {
+        Session {
+            node,
+            coordinator,
+            max_state_bytes,
+            listener,
+            clock,
+            judge_lease,
+            fence_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this incarnation's lease is certainly still valid on the backend.
+    pub(crate) fn lease_valid(&self) -> bool {
+        !self.judge_lease || self.clock.now() < self.fence_at.load(Ordering::Acquire)
+    }
+
+    /// Moves the fence point after a renewal (never backwards; the lease keeper renews one
+    /// request at a time, so a later call always carries a later send time).
+    pub(crate) fn renewed(&self, fence_at: LeaseNanos) {
+        self.fence_at.fetch_max(fence_at, Ordering::AcqRel);
+    }
+
+    /// Ends the incarnation's right to act at once.
+    pub(crate) fn expire(&self) {
+        self.fence_at.store(0, Ordering::Release);
+    }
 }
 
 const PHASE_RUNNING: u8 = 0;
@@ -46,6 +92,9 @@ pub(crate) struct LoopSlot {
     token: OnceLock<CancellationToken>,
     last_error: Mutex<Option<Box<str>>>,
     abort: OnceLock<AbortHandle>,
+    /// Set when the loop's task has ended (returned, or dropped after an abort): only then
+    /// may an abandoned loop's key be released.
+    ended: AtomicBool,
 }
 
 impl LoopSlot {
@@ -63,6 +112,7 @@ impl LoopSlot {
             token: OnceLock::new(),
             last_error: Mutex::new(None),
             abort: OnceLock::new(),
+            ended: AtomicBool::new(false),
         }
     }
 
@@ -122,14 +172,38 @@ impl LoopSlot {
         }
     }
 
+    /// The signalled reason; no lease check (see [`reason_now`](Self::reason_now)).
     pub(crate) fn shutdown_reason(&self) -> Option<ShutdownReason> {
         ShutdownReason::from_code(self.shutdown.load(Ordering::Acquire))
     }
 
+    /// The reason the loop must stop, judged now: the signalled one, or `OwnershipLost` once
+    /// the lease can no longer be vouched for, even before the lease keeper has signalled.
+    pub(crate) fn reason_now(&self) -> Option<ShutdownReason> {
+        match self.shutdown_reason() {
+            Some(ShutdownReason::OwnershipLost) => Some(ShutdownReason::OwnershipLost),
+            _ if !self.session.lease_valid() => Some(ShutdownReason::OwnershipLost),
+            other => other,
+        }
+    }
+
+    /// Whether the loop may still act as the key's owner right now.
+    pub(crate) fn is_owner(&self) -> bool {
+        self.shutdown_reason() != Some(ShutdownReason::OwnershipLost) && self.session.lease_valid()
+    }
+
+    pub(crate) fn mark_ended(&self) {
+        self.ended.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
     pub(crate) fn cancellation_token(&self) -> CancellationToken {
         let token = self.token.get_or_init(CancellationToken::new).clone();
-        // A token created after the signal must still be cancelled.
-        if self.shutdown_reason().is_some() {
+        // A token created after the signal (or after the lease ran out) must be cancelled.
+        if self.reason_now().is_some() {
             token.cancel();
         }
         token

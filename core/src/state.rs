@@ -34,6 +34,15 @@ impl<'a> StateHandle<'a> {
                 max,
             });
         }
+        if !slot.is_owner() {
+            // The backend might still accept it for a moment, but this node can no longer
+            // vouch for its lease: safety first.
+            slot.signal_shutdown(ShutdownReason::OwnershipLost);
+            return Err(StateError::Fenced {
+                key: slot.key.clone(),
+                epoch: slot.epoch,
+            });
+        }
         let result = slot
             .session
             .coordinator
