@@ -214,7 +214,8 @@ impl ClusterState {
         }
     }
 
-    /// Marks expired nodes gone and queues the keys they owned.
+    /// Marks expired nodes gone (a heartbeat can no longer renew them) and queues the keys
+    /// they owned.
     pub(crate) fn reap_expired(&self) {
         let now = self.now_nanos();
         let any_expired = self
@@ -230,7 +231,7 @@ impl ClusterState {
             let mut nodes = self.nodes.write().unwrap();
             let expired: Vec<_> = nodes
                 .values()
-                .filter(|n| !n.alive_at(now))
+                .filter(|n| n.reap_if_expired(now))
                 .cloned()
                 .collect();
             for node in &expired {
@@ -240,9 +241,6 @@ impl ClusterState {
         };
         if expired.is_empty() {
             return;
-        }
-        for node in &expired {
-            node.gone.store(true, Ordering::Release);
         }
         self.release_all_of(&expired);
         self.broadcast_available();

@@ -63,10 +63,7 @@ impl MemoryCoordinator {
             record.set_parked(None);
             // No clock here: an owner whose lease ran out but was not reaped yet gets a
             // harmless hint; the reaper queues its keys at the next claim.
-            let owner = record
-                .owner
-                .as_ref()
-                .filter(|o| !o.gone.load(Ordering::Acquire));
+            let owner = record.owner.as_ref().filter(|o| !o.is_gone());
             let owner_id = match owner {
                 // Sent under the shard lock (the sink never calls back into the backend):
                 // no reference count traffic on the owner per trigger.
@@ -95,9 +92,7 @@ impl MemoryCoordinator {
     }
 
     fn claimable(&self, record: &KeyRecord, node: NodeId, now: u64, at: Instant) -> bool {
-        record.live_owner(now).is_none()
-            && record.parked().is_none()
-            && !record.avoided_by(node, at)
+        record.owner_gone(now) && record.parked().is_none() && !record.avoided_by(node, at)
     }
 
     fn grant(&self, node: &Arc<NodeEntry>, key: &Key, epoch: u64, record: &mut KeyRecord) -> Claim {
@@ -158,20 +153,18 @@ impl Coordinator for MemoryCoordinator {
             }
             unstalled.await;
         }
-        let now = Instant::now();
-        if !entry.alive_at(self.state.nanos(now)) {
+        let ttl = entry.ttl;
+        if !entry.renew(|| self.state.now_nanos(), ttl) {
             self.state.reap_expired();
             return Err(CoordinatorError::LeaseExpired { node: *node });
         }
-        let ttl = entry.ttl;
-        entry.renew(self.state.nanos(now + ttl));
         Ok(Lease { ttl })
     }
 
     async fn leave(&self, node: &NodeId) -> Result<(), CoordinatorError> {
         let entry = self.state.nodes.write().unwrap().remove(node);
         if let Some(entry) = entry {
-            entry.gone.store(true, Ordering::Release);
+            entry.leave();
             self.state.release_all_of(&[entry]);
             self.state.broadcast_available();
         }
@@ -209,7 +202,7 @@ impl Coordinator for MemoryCoordinator {
                 let Some(record) = shard.keys.get_mut(&key) else {
                     continue;
                 };
-                if record.live_owner(now).is_some() || record.parked().is_some() {
+                if !record.owner_gone(now) || record.parked().is_some() {
                     record.queued = false;
                 } else if record.avoided_by(*node, at) {
                     skipped.push(key);
@@ -237,8 +230,9 @@ impl Coordinator for MemoryCoordinator {
         let Some(record) = shard.keys.get_mut(key) else {
             return Ok(None);
         };
-        if let Some(owner) = record.live_owner(now) {
-            return Ok((owner.id() == *node).then(|| Claim {
+        if !record.owner_gone(now) {
+            let mine = record.owner.as_ref().is_some_and(|o| o.id() == *node);
+            return Ok(mine.then(|| Claim {
                 key: key.clone(),
                 epoch: Epoch(record.epoch),
                 trigger_seq: TriggerSeq(record.seq),

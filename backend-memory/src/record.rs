@@ -8,16 +8,20 @@ use keyloop_core::{EventSink, NodeId, NodeInfo};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// `NodeEntry::expires_at` of a node that left or was reaped.
+const GONE: u64 = 0;
+
 /// One joined node.
 pub(crate) struct NodeEntry {
     pub(crate) info: NodeInfo,
     pub(crate) sink: EventSink,
     /// The lease length granted at join; renewals reuse it.
     pub(crate) ttl: std::time::Duration,
-    /// Lease expiry, in nanoseconds since the cluster's base instant.
+    /// Lease expiry, in nanoseconds since the cluster's base instant; [`GONE`] once the
+    /// node left or was reaped. Renewal and reaping are compare-and-swaps on this one word,
+    /// so a heartbeat racing the expiry either renews a lease nobody reaped, or fails: it
+    /// never renews a node whose keys another node has already taken.
     expires_at: AtomicU64,
-    /// Left gracefully or reaped after expiry: owns nothing any more.
-    pub(crate) gone: AtomicBool,
     /// Test hook: heartbeats hang while set.
     pub(crate) stalled: AtomicBool,
     /// Test hook: events are dropped while set.
@@ -37,7 +41,6 @@ impl NodeEntry {
             sink,
             ttl,
             expires_at: AtomicU64::new(expires_at),
-            gone: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
             unstall: Notify::new(),
@@ -49,11 +52,40 @@ impl NodeEntry {
     }
 
     pub(crate) fn alive_at(&self, now: u64) -> bool {
-        !self.gone.load(Ordering::Acquire) && self.expires_at.load(Ordering::Acquire) > now
+        self.expires_at.load(Ordering::Acquire) > now
     }
 
-    pub(crate) fn renew(&self, expires_at: u64) {
-        self.expires_at.store(expires_at, Ordering::Release);
+    /// Left or reaped: owns nothing any more.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.expires_at.load(Ordering::Acquire) == GONE
+    }
+
+    /// Renews the lease to `ttl` after the current time, read at the moment of the swap,
+    /// if it has not expired; `false` if it had.
+    pub(crate) fn renew(&self, now: impl Fn() -> u64, ttl: std::time::Duration) -> bool {
+        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        self.expires_at
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                let now = now();
+                (current > now).then(|| now.saturating_add(ttl).max(current))
+            })
+            .is_ok()
+    }
+
+    /// Marks the node gone if its lease has expired at `now` (or it is gone already);
+    /// `true` if it is gone now. Whoever takes an expired node's keys calls this first.
+    pub(crate) fn reap_if_expired(&self, now: u64) -> bool {
+        self.expires_at
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current != GONE && current <= now).then_some(GONE)
+            })
+            .is_ok()
+            || self.is_gone()
+    }
+
+    /// Marks the node gone (it left).
+    pub(crate) fn leave(&self) {
+        self.expires_at.store(GONE, Ordering::Release);
     }
 
     pub(crate) fn send(&self, event: keyloop_core::CoordinatorEvent) {
@@ -89,6 +121,13 @@ pub(crate) struct KeyRecord {
 impl KeyRecord {
     pub(crate) fn live_owner(&self, now: u64) -> Option<&Arc<NodeEntry>> {
         self.owner.as_ref().filter(|o| o.alive_at(now))
+    }
+
+    /// Whether the key's owner (if any) is gone for good — reaping it if its lease has
+    /// expired, so that its heartbeat can no longer renew it. Claims decide with this, not
+    /// with [`live_owner`](Self::live_owner), which a racing heartbeat could overturn.
+    pub(crate) fn owner_gone(&self, now: u64) -> bool {
+        self.owner.as_ref().is_none_or(|o| o.reap_if_expired(now))
     }
 
     pub(crate) fn parked(&self) -> Option<&String> {
