@@ -1,14 +1,17 @@
 //! Model-based test: random interleavings of triggers, loop decisions (complete, continue,
-//! error, waiting for a trigger), node crashes, stalls and restarts, under tokio's paused
-//! time, checked against the guarantees:
+//! error, waiting for a trigger), node crashes, stalls, graceful shutdowns, restarts and
+//! spurious resyncs — under tokio's paused time (many cases, single thread) and on a
+//! multi-thread runtime with real time (fewer cases, real races) — checked against the
+//! guarantees:
 //!
 //! - G1: never two live loops of one key at once; epochs strictly increase per key;
 //! - G3: every trigger is followed by a loop start or an observed trigger for its key;
 //! - G5/G6: once the faults stop, every registered key runs (and completes) while a live
 //!   node exists.
 //!
-//! 1,000 cases run in the normal test run; `PROPTEST_CASES=100000 cargo test --release -p
-//! keyloop-memory --test model` runs 100,000.
+//! 1,000 paused and 16 multi-thread cases run in the normal test run; `PROPTEST_CASES=100000
+//! cargo test --release -p keyloop-memory --test model` runs 100,000 paused cases, and
+//! `PROPTEST_CASES_MT=1000` as many multi-thread ones.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,7 +27,31 @@ use proptest::prelude::*;
 
 const NODES: usize = 3;
 const KEYS: usize = 4;
-const TTL: Duration = Duration::from_secs(2);
+
+/// The timings of one flavour of the model: paused time runs them as written; real time
+/// scales them down so a case takes a second or two.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    ttl: Duration,
+    /// Multiplies every other duration of the model (advances, slow work, intervals).
+    scale: f64,
+}
+
+const PAUSED: Timing = Timing {
+    ttl: Duration::from_secs(2),
+    scale: 1.0,
+};
+
+const REAL: Timing = Timing {
+    ttl: Duration::from_millis(400),
+    scale: 0.1,
+};
+
+impl Timing {
+    fn of(&self, ms: u64) -> Duration {
+        Duration::from_secs_f64(ms as f64 * self.scale / 1000.0)
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 enum Action {
@@ -44,6 +71,8 @@ enum Op {
     Stall(usize),
     Unstall(usize),
     Restart(usize),
+    Shutdown(usize),
+    Resync,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -54,6 +83,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..NODES).prop_map(Op::Stall),
         1 => (0..NODES).prop_map(Op::Unstall),
         1 => (0..NODES).prop_map(Op::Restart),
+        1 => (0..NODES).prop_map(Op::Shutdown),
+        1 => Just(Op::Resync),
     ]
 }
 
@@ -91,6 +122,7 @@ struct Scripted {
     script: Vec<Action>,
     next: AtomicUsize,
     settle: Arc<AtomicBool>,
+    timing: Timing,
 }
 
 /// Records the end of a run even when its task is aborted (crash, abandonment).
@@ -122,7 +154,7 @@ impl Controller for Scripted {
         match action {
             Action::Complete => Ok(Decision::Complete),
             Action::SlowComplete => {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(self.timing.of(300)).await;
                 Ok(Decision::Complete)
             }
             Action::Continue => Ok(Decision::Continue),
@@ -142,25 +174,29 @@ struct World {
     cluster: MemoryCluster,
     controller: Arc<Scripted>,
     engines: Vec<Option<Engine>>,
+    timing: Timing,
 }
 
 impl World {
     async fn start_node(&mut self, slot: usize) {
+        let t = self.timing;
         let config = EngineConfig::builder()
             .node_name(format!("n{slot}"))
             .max_loops(KEYS)
-            .lease_ttl(TTL)
-            .claim_interval(Duration::from_millis(100))
-            .handoff_avoid(Duration::from_millis(100))
+            .lease_ttl(t.ttl)
+            .claim_interval(t.of(100))
+            .handoff_avoid(t.of(100))
             .max_failures(1000)
             .restart_backoff(
                 keyloop_core::Backoff::builder()
-                    .initial(Duration::from_millis(10))
-                    .max(Duration::from_millis(200))
+                    .initial(t.of(10).max(Duration::from_millis(1)))
+                    .max(t.of(200))
                     .build()
                     .unwrap(),
             )
-            .shutdown_grace(Duration::from_secs(1))
+            .shutdown_grace(t.of(1000))
+            .abandon_timeout(t.of(1000))
+            .resync_interval(t.of(5000).max(Duration::from_millis(100)))
             .build()
             .unwrap();
         let engine = Engine::start(
@@ -174,7 +210,7 @@ impl World {
     }
 }
 
-async fn simulate(ops: Vec<Op>, script: Vec<Action>) -> Result<(), TestCaseError> {
+async fn simulate(ops: Vec<Op>, script: Vec<Action>, timing: Timing) -> Result<(), TestCaseError> {
     if std::env::var_os("MODEL_DEBUG").is_some() {
         eprintln!("case: ops={ops:?} script={script:?}");
     }
@@ -187,8 +223,10 @@ async fn simulate(ops: Vec<Op>, script: Vec<Action>) -> Result<(), TestCaseError
             script,
             next: AtomicUsize::new(0),
             settle: Arc::clone(&settle),
+            timing,
         }),
         engines: (0..NODES).map(|_| None).collect(),
+        timing,
     };
     for slot in 0..NODES {
         world.start_node(slot).await;
@@ -204,7 +242,7 @@ async fn simulate(ops: Vec<Op>, script: Vec<Action>) -> Result<(), TestCaseError
                 log.push(Event::TriggerBegan(keys[k].clone()));
                 client.trigger(&keys[k]).await.unwrap();
             }
-            Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Op::Advance(ms) => tokio::time::sleep(timing.of(ms)).await,
             Op::Crash(n) => {
                 if let Some(engine) = world.engines[n].take() {
                     engine.kill();
@@ -226,6 +264,12 @@ async fn simulate(ops: Vec<Op>, script: Vec<Action>) -> Result<(), TestCaseError
                     world.start_node(n).await;
                 }
             }
+            Op::Shutdown(n) => {
+                if let Some(engine) = world.engines[n].take() {
+                    engine.shutdown().await;
+                }
+            }
+            Op::Resync => world.cluster.resync_all(),
         }
         tokio::task::yield_now().await;
     }
@@ -245,14 +289,14 @@ async fn simulate(ops: Vec<Op>, script: Vec<Action>) -> Result<(), TestCaseError
             client.trigger(key).await.unwrap();
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + timing.of(60_000).max(Duration::from_secs(20));
     while world.cluster.registered() > 0 {
         prop_assert!(
             tokio::time::Instant::now() < deadline,
             "G5/G6: keys still registered after settling: {:?}",
             client.inspect().await.unwrap().keys
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(timing.of(50)).await;
     }
 
     check(&log.events.lock().unwrap())?;
@@ -333,6 +377,27 @@ proptest! {
             .start_paused(true)
             .build()
             .unwrap();
-        runtime.block_on(simulate(ops, script))?;
+        runtime.block_on(simulate(ops, script, PAUSED))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES_MT").ok().and_then(|c| c.parse().ok()).unwrap_or(16),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn guarantees_hold_on_a_multi_thread_runtime(
+        ops in proptest::collection::vec(op(), 1..40),
+        script in proptest::collection::vec(action(), 1..12),
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(simulate(ops, script, REAL))?;
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyloop_core::{
-    Bytes, Claim, ClusterSnapshot, Coordinator, CoordinatorError, CoordinatorEvent, Epoch,
+    Bytes, Claim, ClusterSnapshot, Coordinator, CoordinatorError, CoordinatorEvent, Defect, Epoch,
     EventSink, Key, KeyInfo, Lease, Limits, NodeId, NodeInfo, Release, Released, TriggerOutcome,
 };
 
@@ -40,6 +40,8 @@ pub enum Breakage {
     ShortLeases,
     /// `Continue { avoid_for }` is released without the avoidance.
     IgnoresAvoid,
+    /// The coordinator is intact; the engine has a bug it once had.
+    Engine(Defect),
 }
 
 impl Breakage {
@@ -72,6 +74,28 @@ impl Breakage {
                 "continue_hands_key_to_other_node",
                 "continue_on_single_node_runs_again",
             ],
+            Breakage::Engine(defect) => match defect {
+                Defect::ResyncTrustsListing => &["resync_never_starts_a_released_key"],
+                Defect::ParkIgnoresTriggers => &["trigger_during_failing_run_is_not_parked"],
+                Defect::ReleasesAbandonedAtOnce => {
+                    &["abandoned_loop_is_released_only_after_its_task_ends"]
+                }
+                Defect::ChecksBeforeInsert => &["loop_started_during_shutdown_gets_its_signal"],
+                Defect::AcceptsStaleEvents => &["stale_incarnation_events_are_ignored"],
+                Defect::ForgetsFailedClaims => &["claims_whose_answer_was_lost_still_run"],
+                Defect::NoPeriodicResync => &["lost_hint_is_recovered_by_periodic_resync"],
+                Defect::AcceptsShortLeases => &["short_granted_lease_is_refused"],
+                // Needs a frozen process; the memory backend's freeze test covers it.
+                _ => &[],
+            },
+        }
+    }
+
+    /// The engine defect this breakage injects, if it is one.
+    pub fn engine_defect(self) -> Option<Defect> {
+        match self {
+            Breakage::Engine(defect) => Some(defect),
+            _ => None,
         }
     }
 
@@ -87,6 +111,7 @@ impl Breakage {
     /// Wraps `inner` so that it is broken this way.
     pub fn wrap(self, inner: Arc<dyn Coordinator>) -> Arc<dyn Coordinator> {
         match self {
+            Breakage::Engine(_) => inner,
             Breakage::TwoOwners => Arc::new(TwoOwners::new(inner)),
             Breakage::DropsTriggers => Arc::new(DropsTriggers::new(inner)),
             other => Arc::new(Lax {
@@ -130,6 +155,16 @@ impl Harness for BrokenHarness {
 
     fn lease_ttl(&self) -> Duration {
         self.inner.lease_ttl()
+    }
+
+    fn expiry_slack(&self) -> Duration {
+        self.inner.expiry_slack()
+    }
+
+    fn engine_defects(&self) -> Vec<Defect> {
+        let mut defects = self.inner.engine_defects();
+        defects.extend(self.breakage.engine_defect());
+        defects
     }
 
     async fn namespace(&self) -> Box<dyn Namespace> {

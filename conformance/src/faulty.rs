@@ -1,7 +1,8 @@
-//! A coordinator wrapper that injects faults: stalled heartbeats, lost notifications and
-//! `Resync`.
+//! A coordinator wrapper that injects faults: stalled heartbeats, lost notifications,
+//! `Resync`, held answers, claims whose answer is lost after they committed, shortened
+//! leases, events from an earlier incarnation, and delays around every call.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,10 +24,50 @@ struct FaultState {
     stalled: watch::Sender<bool>,
     drop_triggers: AtomicBool,
     dropped: AtomicUsize,
-    sink: Mutex<Option<EventSink>>,
+    /// The sink of every join, in order (the engine gives one per incarnation).
+    sinks: Mutex<Vec<EventSink>>,
     /// Send time of the last join or heartbeat that succeeded, with the TTL granted.
     last_renewal: Mutex<Option<(Instant, Duration)>>,
     heartbeats: AtomicUsize,
+    owned_hold: Mutex<Option<Hold>>,
+    lost_claim_answers: AtomicUsize,
+    granted_ttl: Mutex<Option<Duration>>,
+    delay: Mutex<Option<Duration>>,
+    delay_seed: AtomicU64,
+}
+
+/// A held answer: the wrapped call has run on the backend, and its answer waits until the
+/// case [`release`](Hold::release)s it.
+#[derive(Clone, Debug)]
+pub struct Hold {
+    reached: Arc<watch::Sender<bool>>,
+    released: Arc<watch::Sender<bool>>,
+}
+
+impl Hold {
+    fn new() -> Hold {
+        Hold {
+            reached: Arc::new(watch::channel(false).0),
+            released: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Waits until the held call has run on the backend and its answer is being held.
+    pub async fn reached(&self) {
+        let mut rx = self.reached.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Lets the held answer through.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    async fn hold(&self) {
+        self.reached.send_replace(true);
+        let mut rx = self.released.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
 }
 
 impl Faults {
@@ -36,9 +77,14 @@ impl Faults {
                 stalled: watch::channel(false).0,
                 drop_triggers: AtomicBool::new(false),
                 dropped: AtomicUsize::new(0),
-                sink: Mutex::new(None),
+                sinks: Mutex::new(Vec::new()),
                 last_renewal: Mutex::new(None),
                 heartbeats: AtomicUsize::new(0),
+                owned_hold: Mutex::new(None),
+                lost_claim_answers: AtomicUsize::new(0),
+                granted_ttl: Mutex::new(None),
+                delay: Mutex::new(None),
+                delay_seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             }),
         }
     }
@@ -66,9 +112,48 @@ impl Faults {
 
     /// Delivers an event straight into the sink the engine gave at its latest `join`.
     pub fn inject(&self, event: CoordinatorEvent) {
-        let sink = self.inner.sink.lock().unwrap().clone();
+        let sink = self.inner.sinks.lock().unwrap().last().cloned();
         sink.expect("no node joined through this coordinator yet")
             .send(event);
+    }
+
+    /// Delivers an event into the sink given at join number `join` (0 for the first): a
+    /// late event addressed to an earlier incarnation of the node.
+    pub fn inject_into(&self, join: usize, event: CoordinatorEvent) {
+        let sink = self.inner.sinks.lock().unwrap().get(join).cloned();
+        sink.unwrap_or_else(|| panic!("no join number {join} through this coordinator"))
+            .send(event);
+    }
+
+    /// How many times a node joined through this coordinator.
+    pub fn joins(&self) -> usize {
+        self.inner.sinks.lock().unwrap().len()
+    }
+
+    /// Holds the answer of the next `owned` call: the backend computes it, then it waits
+    /// until the returned [`Hold`] is released.
+    pub fn hold_next_owned(&self) -> Hold {
+        let hold = Hold::new();
+        *self.inner.owned_hold.lock().unwrap() = Some(hold.clone());
+        hold
+    }
+
+    /// The next `n` claims that take keys run on the backend (and commit), then fail as if
+    /// the answer was lost on the way back.
+    pub fn lose_claim_answers(&self, n: usize) {
+        self.inner.lost_claim_answers.store(n, Ordering::SeqCst);
+    }
+
+    /// Reports `ttl` as the granted lease of every join and heartbeat from now on, whatever
+    /// the backend granted (a backend that shortens leases).
+    pub fn grant_ttl(&self, ttl: Duration) {
+        *self.inner.granted_ttl.lock().unwrap() = Some(ttl);
+    }
+
+    /// Delays every call by a pseudo-random time below `max` before it reaches the backend
+    /// and again before its answer returns (`None`: no delays).
+    pub fn delay_calls(&self, max: Option<Duration>) {
+        *self.inner.delay.lock().unwrap() = max;
     }
 
     /// Delivers `Resync` to the engine.
@@ -107,8 +192,33 @@ impl FaultyCoordinator {
         )
     }
 
-    fn renewed(&self, sent: Instant, lease: &Lease) {
+    fn renewed(&self, sent: Instant, lease: &mut Lease) {
+        if let Some(ttl) = *self.faults.inner.granted_ttl.lock().unwrap() {
+            lease.ttl = ttl;
+        }
         *self.faults.inner.last_renewal.lock().unwrap() = Some((sent, lease.ttl));
+    }
+
+    /// Sleeps a pseudo-random time below the configured maximum, if any.
+    async fn delay(&self) {
+        let max = *self.faults.inner.delay.lock().unwrap();
+        let Some(max) = max else { return };
+        // SplitMix64: cheap, deterministic per wrapper, no dependency.
+        let mut z = self
+            .faults
+            .inner
+            .delay_seed
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let nanos = max.as_nanos().max(1) as u64;
+        let wait = Duration::from_nanos(z % nanos);
+        if wait.is_zero() || z % 4 == 0 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -124,7 +234,7 @@ impl Coordinator for FaultyCoordinator {
         ttl: Duration,
         events: EventSink,
     ) -> Result<Lease, CoordinatorError> {
-        *self.faults.inner.sink.lock().unwrap() = Some(events.clone());
+        self.faults.inner.sinks.lock().unwrap().push(events.clone());
         let faults = self.faults.clone();
         let filtered = EventSink::new(move |event| {
             if matches!(event, CoordinatorEvent::Triggered { .. })
@@ -135,9 +245,11 @@ impl Coordinator for FaultyCoordinator {
             }
             events.send(event);
         });
+        self.delay().await;
         let sent = Instant::now();
-        let lease = self.inner.join(node, ttl, filtered).await?;
-        self.renewed(sent, &lease);
+        let mut lease = self.inner.join(node, ttl, filtered).await?;
+        self.renewed(sent, &mut lease);
+        self.delay().await;
         Ok(lease)
     }
 
@@ -145,26 +257,55 @@ impl Coordinator for FaultyCoordinator {
         self.faults.inner.heartbeats.fetch_add(1, Ordering::SeqCst);
         let mut stalled = self.faults.inner.stalled.subscribe();
         let _ = stalled.wait_for(|s| !*s).await;
+        self.delay().await;
         let sent = Instant::now();
-        let lease = self.inner.heartbeat(node).await?;
-        self.renewed(sent, &lease);
+        let mut lease = self.inner.heartbeat(node).await?;
+        self.renewed(sent, &mut lease);
+        self.delay().await;
         Ok(lease)
     }
 
     async fn leave(&self, node: &NodeId) -> Result<(), CoordinatorError> {
-        self.inner.leave(node).await
+        self.delay().await;
+        let result = self.inner.leave(node).await;
+        self.delay().await;
+        result
     }
 
     async fn trigger(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError> {
-        self.inner.trigger(key).await
+        self.delay().await;
+        let result = self.inner.trigger(key).await;
+        self.delay().await;
+        result
     }
 
     async fn claim(&self, node: &NodeId, max: usize) -> Result<Vec<Claim>, CoordinatorError> {
-        self.inner.claim(node, max).await
+        self.delay().await;
+        let result = self.inner.claim(node, max).await;
+        self.delay().await;
+        let took_some = result.as_ref().is_ok_and(|claims| !claims.is_empty());
+        let lost = took_some
+            && self
+                .faults
+                .inner
+                .lost_claim_answers
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+        if lost {
+            return Err(CoordinatorError::unavailable(
+                "faulty",
+                "the claim committed but its answer was lost",
+                None,
+            ));
+        }
+        result
     }
 
     async fn claim_key(&self, node: &NodeId, key: &Key) -> Result<Option<Claim>, CoordinatorError> {
-        self.inner.claim_key(node, key).await
+        self.delay().await;
+        let result = self.inner.claim_key(node, key).await;
+        self.delay().await;
+        result
     }
 
     async fn release(
@@ -174,15 +315,28 @@ impl Coordinator for FaultyCoordinator {
         epoch: Epoch,
         how: Release,
     ) -> Result<Released, CoordinatorError> {
-        self.inner.release(node, key, epoch, how).await
+        self.delay().await;
+        let result = self.inner.release(node, key, epoch, how).await;
+        self.delay().await;
+        result
     }
 
     async fn owned(&self, node: &NodeId) -> Result<Vec<Claim>, CoordinatorError> {
-        self.inner.owned(node).await
+        self.delay().await;
+        let result = self.inner.owned(node).await;
+        let hold = self.faults.inner.owned_hold.lock().unwrap().take();
+        if let Some(hold) = hold {
+            hold.hold().await;
+        }
+        self.delay().await;
+        result
     }
 
     async fn load_state(&self, key: &Key) -> Result<Option<Bytes>, CoordinatorError> {
-        self.inner.load_state(key).await
+        self.delay().await;
+        let result = self.inner.load_state(key).await;
+        self.delay().await;
+        result
     }
 
     async fn save_state(
@@ -192,7 +346,10 @@ impl Coordinator for FaultyCoordinator {
         epoch: Epoch,
         state: Bytes,
     ) -> Result<(), CoordinatorError> {
-        self.inner.save_state(node, key, epoch, state).await
+        self.delay().await;
+        let result = self.inner.save_state(node, key, epoch, state).await;
+        self.delay().await;
+        result
     }
 
     async fn key_info(&self, key: &Key) -> Result<Option<KeyInfo>, CoordinatorError> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyloop_core::{
-    Backoff, Client, Coordinator, Engine, EngineConfig, EngineConfigBuilder, Key, KeyInfo,
+    Backoff, Client, Coordinator, Defect, Engine, EngineConfig, EngineConfigBuilder, Key, KeyInfo,
 };
 
 use crate::{
@@ -39,6 +39,7 @@ pub struct Case {
     /// What every loop does.
     pub script: Script,
     nodes: Vec<Node>,
+    defects: Vec<Defect>,
 }
 
 impl Drop for Case {
@@ -60,6 +61,7 @@ impl Case {
             recorder: Recorder::new(),
             script: Script::new(),
             nodes: Vec::new(),
+            defects: harness.engine_defects(),
         }
     }
 
@@ -87,7 +89,11 @@ impl Case {
 
     /// The engine settings the case's nodes use, derived from the TTL.
     pub fn config(&self, name: &str) -> EngineConfigBuilder {
-        EngineConfig::builder()
+        let mut config = EngineConfig::builder();
+        for defect in &self.defects {
+            config = config.inject_defect(*defect);
+        }
+        config
             .node_name(name)
             .lease_ttl(self.ttl)
             .heartbeat_interval(self.ttl / 5)
@@ -99,6 +105,9 @@ impl Case {
             .healthy_run(self.ttl * 100)
             .max_failures(5)
             .handoff_avoid(self.ttl / 10)
+            // Past every case's timeout: cases check that hints arrive, not that the
+            // periodic backstop recovers them (one case sets its own).
+            .resync_interval(self.timeout() * 2)
     }
 
     /// Starts a node with the case's settings.

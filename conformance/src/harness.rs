@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyloop_core::Coordinator;
+use keyloop_core::{Coordinator, Defect};
 
 /// What a backend provides to run the conformance suite: fresh isolated namespaces and the
 /// lease TTL its cases use.
@@ -24,6 +24,13 @@ pub trait Harness: Send + Sync + 'static {
     /// Failover cases allow this much on top of TTL + claim interval.
     fn expiry_slack(&self) -> Duration {
         Duration::ZERO
+    }
+
+    /// Engine defects the case's engines get (only for the suite's self-test, see
+    /// [`Breakage::Engine`](crate::Breakage::Engine)).
+    #[doc(hidden)]
+    fn engine_defects(&self) -> Vec<Defect> {
+        Vec::new()
     }
 
     /// A fresh, isolated namespace (memory: a new cluster; postgres: a new schema; sled: a
@@ -56,6 +63,9 @@ impl<H: Harness + ?Sized> Harness for Arc<H> {
     }
     fn expiry_slack(&self) -> Duration {
         (**self).expiry_slack()
+    }
+    fn engine_defects(&self) -> Vec<Defect> {
+        (**self).engine_defects()
     }
     async fn namespace(&self) -> Box<dyn Namespace> {
         (**self).namespace().await

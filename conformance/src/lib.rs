@@ -61,6 +61,7 @@ pub mod cases {
     mod liveness;
     mod notifications;
     mod ownership;
+    mod races;
     mod registry;
     mod stress;
     mod supervision;
@@ -71,6 +72,7 @@ pub mod cases {
     pub use liveness::*;
     pub use notifications::*;
     pub use ownership::*;
+    pub use races::*;
     pub use registry::*;
     pub use stress::*;
     pub use supervision::*;
@@ -79,7 +81,7 @@ pub mod cases {
 pub use async_trait::async_trait;
 pub use broken::{Breakage, BrokenHarness, DropsTriggers, TwoOwners, assert_suite_catches};
 pub use direct::DirectNode;
-pub use faulty::{Faults, FaultyCoordinator};
+pub use faulty::{Faults, FaultyCoordinator, Hold};
 pub use fixture::{Case, Node, eventually, key};
 pub use harness::{Harness, Namespace};
 pub use postgres_server::{
@@ -87,7 +89,7 @@ pub use postgres_server::{
     dedicated_postgres_server, shared_postgres_server, test_postgres_url,
 };
 pub use recorder::{Happening, Log, Record, Recorder};
-pub use script::{Gate, SCRIPTED_FAILURE, Script, ScriptedController, Step};
+pub use script::{Gate, Latch, SCRIPTED_FAILURE, Script, ScriptedController, Step};
 pub use selftest::{assert_case_fails, run_case_to_completion};
 
 __with_cases! { __case_list {} }

@@ -60,6 +60,15 @@ macro_rules! __with_cases {
             client_trigger_registers_key,
             // beyond the checklist
             trigger_storm_loses_nothing,
+            // engine races at the edges of ownership
+            resync_never_starts_a_released_key,
+            trigger_during_failing_run_is_not_parked,
+            abandoned_loop_is_released_only_after_its_task_ends,
+            loop_started_during_shutdown_gets_its_signal,
+            stale_incarnation_events_are_ignored,
+            claims_whose_answer_was_lost_still_run,
+            lost_hint_is_recovered_by_periodic_resync,
+            short_granted_lease_is_refused,
         ] }
     };
 }

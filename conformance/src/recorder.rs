@@ -39,6 +39,8 @@ pub enum Happening {
     Panicking,
     /// The loop's future was dropped without returning (the task was aborted).
     Dropped,
+    /// The loop is about to block its thread (`Step::BlockOnShutdown`).
+    Blocked,
     /// Not a loop event: the case is about to call `trigger` for the key (recorded with node
     /// id 0, epoch 0), so the log orders triggers against loop starts.
     TriggerSent,
@@ -94,8 +96,6 @@ pub struct Log {
     max_live_per_node: HashMap<String, usize>,
     max_epoch: HashMap<Key, (Epoch, NodeId)>,
     violations: Vec<(Key, String)>,
-    /// Keys allowed to overlap (an abandoned loop may outlive its ownership).
-    overlap_allowed: Vec<Key>,
 }
 
 impl Log {
@@ -241,7 +241,7 @@ impl Log {
         at: Instant,
     ) {
         let lives = self.live.entry(key.clone()).or_default();
-        if !self.overlap_allowed.contains(key) {
+        {
             for other in lives.iter() {
                 self.violations.push((key.clone(), format!(
                     "two live loops for key {key:?}: run {run} started on {node} ({node_id:?}) at epoch {epoch} \
@@ -343,11 +343,6 @@ impl Recorder {
     /// Locks the log to query it.
     pub fn lock(&self) -> MutexGuard<'_, Log> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Allows loops of `key` to overlap (an abandoned loop may run on past its ownership).
-    pub fn allow_overlap(&self, key: &Key) {
-        self.lock().overlap_allowed.push(key.clone());
     }
 
     /// Starts a run of `key`; returns its run number.
@@ -511,15 +506,6 @@ mod tests {
         let run = r.start("a", a, &k("x"), Epoch(5));
         r.note("a", a, &k("x"), Epoch(5), run, Happening::Dropped);
         r.start("b", NodeId::random(), &k("x"), Epoch(5));
-        r.assert_consistent();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn allowed_overlap_is_not_a_violation() {
-        let r = Recorder::new();
-        r.allow_overlap(&k("x"));
-        r.start("a", NodeId::random(), &k("x"), Epoch(1));
-        r.start("b", NodeId::random(), &k("x"), Epoch(2));
         r.assert_consistent();
     }
 

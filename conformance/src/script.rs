@@ -80,6 +80,36 @@ pub enum Step {
     /// Try to save these bytes (recording `StateSaved` or `SaveFailed`), load the state
     /// back (recorded), then behave like `UntilShutdown`.
     TrySave(Vec<u8>),
+    /// Observe triggers until the shutdown signal, then block the worker thread (as code
+    /// stuck in a blocking call does, which no abort can interrupt) until the latch opens,
+    /// then return `Continue`. Only on a multi-thread runtime.
+    BlockOnShutdown(Latch),
+}
+
+/// A latch for code that blocks its thread: opened from any thread, waited on without an
+/// async runtime.
+#[derive(Clone, Debug, Default)]
+pub struct Latch(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Latch {
+    /// A closed latch.
+    pub fn new() -> Latch {
+        Latch::default()
+    }
+
+    /// Opens the latch, waking every blocked waiter.
+    pub fn open(&self) {
+        *self.0.0.lock().unwrap() = true;
+        self.0.1.notify_all();
+    }
+
+    /// Blocks the calling thread until the latch is open.
+    pub fn wait_blocking(&self) {
+        let mut open = self.0.0.lock().unwrap();
+        while !*open {
+            open = self.0.1.wait(open).unwrap();
+        }
+    }
 }
 
 /// The error scripted failures return.
@@ -272,6 +302,12 @@ impl Run<'_> {
                     let next = (n + 1).to_be_bytes().to_vec();
                     self.save(ctx, next).await?;
                     self.observe(ctx, None).await;
+                    Ok(Decision::Continue)
+                }
+                Step::BlockOnShutdown(latch) => {
+                    self.observe(ctx, None).await;
+                    self.note(Happening::Blocked);
+                    latch.wait_blocking();
                     Ok(Decision::Continue)
                 }
                 Step::TrySave(bytes) => {

@@ -1,4 +1,4 @@
-//! The memory backend's conformance harness, shared by the suite and its self-test.
+//! The memory backend's conformance harness, shared by the suites and the self-test.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,8 +7,26 @@ use keyloop_conformance::{Harness, Namespace, async_trait};
 use keyloop_core::Coordinator;
 use keyloop_memory::MemoryCluster;
 
-/// A fresh [`MemoryCluster`] per case; its leases follow tokio's (paused) clock.
-pub(crate) struct MemoryHarness;
+/// A fresh [`MemoryCluster`] per case; its leases follow tokio's clock (paused or real).
+pub(crate) struct MemoryHarness {
+    ttl: Duration,
+}
+
+impl MemoryHarness {
+    /// For tokio's paused clock: a 10 s TTL costs no real time.
+    #[allow(dead_code)]
+    pub(crate) fn paused() -> MemoryHarness {
+        MemoryHarness {
+            ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// For a multi-thread runtime on real time: a short TTL keeps failover cases quick.
+    #[allow(dead_code)]
+    pub(crate) fn real_time(ttl: Duration) -> MemoryHarness {
+        MemoryHarness { ttl }
+    }
+}
 
 struct MemoryNamespace(MemoryCluster);
 
@@ -19,7 +37,7 @@ impl Harness for MemoryHarness {
     }
 
     fn lease_ttl(&self) -> Duration {
-        Duration::from_secs(10)
+        self.ttl
     }
 
     async fn namespace(&self) -> Box<dyn Namespace> {

@@ -247,8 +247,6 @@ pub async fn loop_ignoring_shutdown_is_abandoned_and_reported(harness: &dyn Harn
     let polite = key("handoff/polite");
     case.script
         .set(&stubborn, vec![Step::IgnoreShutdown, Step::UntilShutdown]);
-    // The abandoned loop may outlive its ownership until its task is dropped.
-    case.recorder.allow_overlap(&stubborn);
     let grace = case.ttl / 2;
     let a = case.node_with("a", |c| c.shutdown_grace(grace)).await;
     for k in [&stubborn, &polite] {
