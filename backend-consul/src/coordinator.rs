@@ -107,6 +107,15 @@ impl Drop for ConsulCoordinator {
     }
 }
 
+/// A value no earlier write stored: Consul skips a write that stores what is already stored
+/// (`kvsSetTxn`, since 1.6), keeping the entry's `ModifyIndex` and waking no watch. The
+/// registry entry's `ModifyIndex` is the trigger sequence and markers wake the watches, so
+/// each of their writes must change the value, or a trigger would neither move the
+/// sequence nor wake anyone.
+fn fresh_value() -> Bytes {
+    Bytes::from(format!("{:032x}", rand::random::<u128>()))
+}
+
 fn own_value(node: &NodeId) -> Bytes {
     Bytes::from(node.to_string())
 }
@@ -419,7 +428,7 @@ impl ConsulCoordinator {
     async fn mark_available(&self) -> Result<(), CoordinatorError> {
         self.txn(&[TxnOp::Set {
             key: self.layout.avail(),
-            value: Bytes::new(),
+            value: fresh_value(),
         }])
         .await?;
         Ok(())
@@ -532,7 +541,7 @@ impl Coordinator for ConsulCoordinator {
         if released_any {
             ops.push(TxnOp::Set {
                 key: self.layout.avail(),
-                value: Bytes::new(),
+                value: fresh_value(),
             });
         }
         for chunk in ops.chunks(TXN_MAX_OPS) {
@@ -549,14 +558,14 @@ impl Coordinator for ConsulCoordinator {
         let ops = [
             TxnOp::Set {
                 key: self.layout.reg(key),
-                value: Bytes::new(),
+                value: fresh_value(),
             },
             TxnOp::Delete {
                 key: self.layout.park(key),
             },
             TxnOp::Set {
                 key: self.layout.pend(key),
-                value: Bytes::new(),
+                value: fresh_value(),
             },
             TxnOp::GetOrEmpty {
                 key: self.layout.own(key),
@@ -585,7 +594,7 @@ impl Coordinator for ConsulCoordinator {
                 },
                 TxnOp::Set {
                     key: self.layout.avail(),
-                    value: Bytes::new(),
+                    value: fresh_value(),
                 },
             ];
             if let TxnOutcome::RolledBack(_) = self.txn(&ops).await? {
@@ -750,7 +759,7 @@ impl Coordinator for ConsulCoordinator {
                 });
                 ops.push(TxnOp::Set {
                     key: self.layout.avail(),
-                    value: Bytes::new(),
+                    value: fresh_value(),
                 });
                 match self.txn(&ops).await? {
                     TxnOutcome::Committed(_) => {

@@ -881,3 +881,95 @@ async fn watch_is_rate_limited_when_the_index_reads_zero() {
     // 1 s at one request per 50 ms is 20; a busy loop would send thousands.
     assert!((2..=25).contains(&sent), "{sent} watch requests in 1 s");
 }
+
+/// Consul skips a write that stores what is stored (`kvsSetTxn`, since 1.6): the entry's
+/// `ModifyIndex` stays and no blocking query wakes. The registry entry's `ModifyIndex` is the
+/// trigger sequence and the markers wake the watches, so every trigger must write fresh
+/// values: each one moves the sequence, reaches the owner, and each trigger of an unowned
+/// key wakes the claimers again.
+#[tokio::test]
+async fn every_trigger_moves_the_sequence_and_wakes_its_watchers() {
+    let emu = emulator().await;
+    let owner_c = coordinator(&emu, Duration::ZERO);
+    let peer_c = coordinator(&emu, Duration::ZERO);
+    let mut owner = join(&owner_c, "owner").await;
+    let mut peer = join(&peer_c, "peer").await;
+    let k = key("again and again");
+    let first = peer_c.trigger(&k).await.unwrap();
+    let claim = owner_c.claim_key(&owner.id, &k).await.unwrap().unwrap();
+    assert_eq!(claim.trigger_seq, first.seq);
+    let mut last = first.seq;
+    for _ in 0..3 {
+        let t = peer_c.trigger(&k).await.unwrap();
+        assert!(t.seq > last, "the sequence moved: {t:?} after {last:?}");
+        assert!(!t.registered);
+        let seq = t.seq;
+        expect_event(
+            &mut owner,
+            "Triggered at the new sequence",
+            |e| matches!(e, CoordinatorEvent::Triggered { seq: s, .. } if *s == seq),
+        )
+        .await;
+        last = seq;
+    }
+    let r = owner_c
+        .release(
+            &owner.id,
+            &k,
+            claim.epoch,
+            Release::Complete {
+                observed_seq: first.seq,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Released::Retriggered { seq: last }, "no trigger is lost");
+
+    // Unowned keys: every trigger wakes every claimer.
+    let free = key("nobody owns me");
+    for _ in 0..3 {
+        assert!(emu.control().wait_for_blocked_queries(2, WAIT).await);
+        while peer.events.try_recv().is_ok() {}
+        let t = owner_c.trigger(&free).await.unwrap();
+        assert_eq!(t.owner, None);
+        expect_event(&mut peer, "KeysAvailable", |e| {
+            matches!(e, CoordinatorEvent::KeysAvailable)
+        })
+        .await;
+    }
+}
+
+/// `Release::Park` parks only at the sequence the failing run observed (a `check-index` on
+/// the registry entry, whose `ModifyIndex` is the sequence because every trigger writes a
+/// fresh value); a trigger acknowledged during the run makes it `Retriggered`.
+#[tokio::test]
+async fn park_with_an_older_sequence_is_retriggered_and_parks_nothing() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let k = key("failing");
+    c.trigger(&k).await.unwrap();
+    let claim = c.claim_key(&a.id, &k).await.unwrap().unwrap();
+    let t = c.trigger(&k).await.unwrap();
+    let park = |observed| Release::Park {
+        error: "boom".into(),
+        observed_seq: observed,
+    };
+    let r = c
+        .release(&a.id, &k, claim.epoch, park(claim.trigger_seq))
+        .await
+        .unwrap();
+    assert_eq!(r, Released::Retriggered { seq: t.seq });
+    let info = c.key_info(&k).await.unwrap().unwrap();
+    assert_eq!(info.parked, None, "nothing parked");
+    assert_eq!(info.owner, Some(a.id), "the caller keeps the key");
+    assert_eq!(info.epoch, Some(claim.epoch), "at the same epoch");
+    let r = c
+        .release(&a.id, &k, claim.epoch, park(t.seq))
+        .await
+        .unwrap();
+    assert_eq!(r, Released::Released);
+    let info = c.key_info(&k).await.unwrap().unwrap();
+    assert_eq!(info.parked.as_deref(), Some("boom"));
+    assert_eq!(info.owner, None);
+}
