@@ -290,6 +290,20 @@ impl TxnOp {
         }
     }
 
+    /// Whether it changes the store (Consul's `isWrite`): a transaction without such an
+    /// operation is served outside Raft.
+    fn is_write(&self) -> bool {
+        matches!(
+            self,
+            TxnOp::Set { .. }
+                | TxnOp::Cas { .. }
+                | TxnOp::Lock { .. }
+                | TxnOp::Unlock { .. }
+                | TxnOp::Delete { .. }
+                | TxnOp::DeleteCas { .. }
+        )
+    }
+
     fn value(&self) -> Option<&Bytes> {
         match self {
             TxnOp::Set { value, .. }
@@ -752,6 +766,12 @@ impl ConsulClient {
 
     /// Runs an all-or-nothing transaction. Too many operations or a too-large value is an
     /// error before any request.
+    ///
+    /// A transaction without writes is a read: Consul serves it outside Raft with the
+    /// request's consistency mode (`Txn.Read`), which by default may answer from a leader
+    /// that was just deposed. Every read-only transaction this client sends is therefore
+    /// `?consistent` (the leader confirms its leadership first); transactions with a write
+    /// go through Raft and are linearizable anyway.
     pub async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome, ClientError> {
         if ops.len() > TXN_MAX_OPS {
             return Err(ClientError::TooManyOps {
@@ -781,11 +801,16 @@ impl ConsulClient {
             });
         }
         let path = "/v1/txn";
+        let query: &[(&str, String)] = if ops.iter().any(TxnOp::is_write) {
+            &[]
+        } else {
+            &[("consistent", String::new())]
+        };
         let (status, _, bytes) = self
             .send(
                 Method::PUT,
                 path,
-                &[],
+                query,
                 Some(body),
                 self.settings.request_timeout,
             )

@@ -973,3 +973,61 @@ async fn park_with_an_older_sequence_is_retriggered_and_parks_nothing() {
     assert_eq!(info.parked.as_deref(), Some("boom"));
     assert_eq!(info.owner, None);
 }
+
+/// Reads that decide ownership or sequences are `?consistent`, read-only transactions
+/// included (Consul serves those outside Raft, possibly stale): with a lagging follower
+/// serving every non-consistent read, they still see the newest trigger.
+#[tokio::test]
+async fn reads_that_decide_ownership_or_sequences_are_consistent() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let k = key("fresh reads");
+    c.trigger(&k).await.unwrap();
+    let claim = c.claim_key(&a.id, &k).await.unwrap().unwrap();
+    c.save_state(&a.id, &k, claim.epoch, Bytes::from_static(b"old"))
+        .await
+        .unwrap();
+    // A follower stops here; every read it could serve (all but the watch's) would be stale.
+    let control = emu.control();
+    for target in ["/v1/txn", "/v1/kv/t/k/", "/v1/kv/t/state/"] {
+        control.inject(
+            FaultKind::StaleRead,
+            1000,
+            Target::PathPrefix(target.into()),
+        );
+    }
+    let t = c.trigger(&k).await.unwrap();
+    c.save_state(&a.id, &k, claim.epoch, Bytes::from_static(b"new"))
+        .await
+        .unwrap();
+
+    let info = c.key_info(&k).await.unwrap().unwrap();
+    assert_eq!(info.trigger_seq, t.seq, "key_info");
+    let owned = c.owned(&a.id).await.unwrap();
+    assert_eq!(owned[0].trigger_seq, t.seq, "owned");
+    assert_eq!(
+        c.load_state(&k).await.unwrap().as_deref(),
+        Some(&b"new"[..]),
+        "load_state"
+    );
+    let again = c.claim_key(&a.id, &k).await.unwrap().unwrap();
+    assert_eq!(again.trigger_seq, t.seq, "claim_key of an owned key");
+    let r = c
+        .release(
+            &a.id,
+            &k,
+            claim.epoch,
+            Release::Complete {
+                observed_seq: claim.trigger_seq,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Released::Retriggered { seq: t.seq },
+        "release's fenced read"
+    );
+    assert_eq!(control.pending_faults(), 3000, "no read was served stale");
+}
