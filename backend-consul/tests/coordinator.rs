@@ -1031,3 +1031,98 @@ async fn reads_that_decide_ownership_or_sequences_are_consistent() {
     );
     assert_eq!(control.pending_faults(), 3000, "no read was served stale");
 }
+
+/// A claim that takes keys in several transactions keeps the ones that committed when a
+/// later transaction fails (the `Coordinator::claim` contract): `Ok` with those, and they
+/// are this node's. `Err` only when nothing committed.
+#[tokio::test]
+async fn a_claim_that_fails_in_a_later_chunk_returns_what_committed() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let keys: Vec<Key> = (0..20).map(|i| key(&format!("chunked/{i}"))).collect();
+    for k in &keys {
+        c.trigger(k).await.unwrap();
+    }
+    // The first claim transaction commits, the second fails.
+    emu.control().inject_after(
+        1,
+        FaultKind::Error500,
+        1,
+        Target::PathPrefix("/v1/txn".into()),
+    );
+    let claims = c.claim(&a.id, 40).await.expect("Ok with what committed");
+    assert!(
+        !claims.is_empty() && claims.len() < keys.len(),
+        "{claims:?}"
+    );
+    assert_eq!(emu.control().pending_faults(), 0);
+    let mut owned: Vec<Key> = c
+        .owned(&a.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.key)
+        .collect();
+    let mut claimed: Vec<Key> = claims.iter().map(|c| c.key.clone()).collect();
+    owned.sort();
+    claimed.sort();
+    assert_eq!(
+        owned, claimed,
+        "exactly the committed claims are owned and reported"
+    );
+
+    // Nothing committed: an error.
+    let b_c = coordinator(&emu, Duration::ZERO);
+    let b = join(&b_c, "b").await;
+    emu.control()
+        .inject(FaultKind::Error500, 1, Target::PathPrefix("/v1/txn".into()));
+    let err = b_c.claim(&b.id, 40).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    // The rest is still claimable afterwards.
+    let mut rest = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while rest.len() + claims.len() < keys.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} more claimed",
+            rest.len()
+        );
+        rest.extend(b_c.claim(&b.id, 40).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rest.len() + claims.len(), keys.len());
+}
+
+/// A claim by a node whose session is gone is `LeaseExpired` (and `OwnershipLost` for
+/// everything), recognised by the failed session check on the node record, not by text.
+#[tokio::test]
+async fn a_claim_after_the_session_ended_is_lease_expired() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let mut a = join(&c, "a").await;
+    let k = key("orphan");
+    c.trigger(&k).await.unwrap();
+    assert!(emu.control().destroy_session(&session(&c, &a)));
+    let err = c.claim(&a.id, 10).await.unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::LeaseExpired { node } if node == a.id),
+        "{err}"
+    );
+    expect_event(&mut a, "OwnershipLost(all)", |e| {
+        matches!(e, CoordinatorEvent::OwnershipLost { key: None })
+    })
+    .await;
+
+    let mut b = join(&c, "b").await;
+    assert!(emu.control().destroy_session(&session(&c, &b)));
+    let err = c.claim_key(&b.id, &k).await.unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::LeaseExpired { node } if node == b.id),
+        "{err}"
+    );
+    expect_event(&mut b, "OwnershipLost(all)", |e| {
+        matches!(e, CoordinatorEvent::OwnershipLost { key: None })
+    })
+    .await;
+}
