@@ -362,8 +362,8 @@ pub enum TxnOutcome {
     RolledBack(Vec<TxnFailure>),
 }
 
-/// Settings of the HTTP client.
-#[derive(Debug, Clone)]
+/// Settings of the HTTP client. Its `Debug` shows whether a token is set, not the token.
+#[derive(Clone)]
 pub(crate) struct ClientSettings {
     pub(crate) address: String,
     pub(crate) token: Option<String>,
@@ -373,12 +373,34 @@ pub(crate) struct ClientSettings {
     pub(crate) txn_max_request_bytes: usize,
 }
 
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("address", &self.address)
+            .field("token", &crate::config::redacted(&self.token))
+            .field("datacenter", &self.datacenter)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("txn_max_request_bytes", &self.txn_max_request_bytes)
+            .finish()
+    }
+}
+
 /// A thin typed client for the Consul HTTP API: sessions, KV, transactions and blocking
-/// queries. Cheap to clone.
-#[derive(Debug, Clone)]
+/// queries. Cheap to clone. Its `Debug` shows neither the ACL token nor TLS material.
+#[derive(Clone)]
 pub struct ConsulClient {
     http: reqwest::Client,
     settings: std::sync::Arc<ClientSettings>,
+}
+
+impl std::fmt::Debug for ConsulClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The reqwest client is left out: it holds the TLS identity.
+        f.debug_struct("ConsulClient")
+            .field("settings", &*self.settings)
+            .finish()
+    }
 }
 
 impl ConsulClient {

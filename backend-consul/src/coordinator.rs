@@ -31,6 +31,8 @@ const CLAIM_BATCH: usize = (TXN_MAX_OPS - 1) / 4;
 const RELIST_BUSY: Duration = Duration::from_millis(250);
 /// …and at most this often once it is empty.
 const RELIST_EMPTY: Duration = Duration::from_millis(20);
+/// Consul's longest session TTL (`structs.SessionTTLMax`).
+const SESSION_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
 /// The candidate list is never older than this.
 const RELIST_MAX_AGE: Duration = Duration::from_secs(2);
 
@@ -469,6 +471,17 @@ impl Coordinator for ConsulCoordinator {
         ttl: Duration,
         events: EventSink,
     ) -> Result<Lease, CoordinatorError> {
+        // Consul refuses longer TTLs (`structs.SessionTTLMax`) with a 500, which reads like
+        // an outage; say what is wrong before sending anything.
+        if ttl > SESSION_TTL_MAX || ttl < Duration::from_millis(1) {
+            return Err(CoordinatorError::backend(
+                BACKEND,
+                format!(
+                    "lease ttl {ttl:?} is outside consul's session TTL range (1ms..=24h; the agent's session_ttl_min applies too)"
+                ),
+                None,
+            ));
+        }
         let client = self.client_ref();
         let session = client
             .session_create(&SessionSpec {

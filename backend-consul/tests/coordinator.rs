@@ -1126,3 +1126,31 @@ async fn a_claim_after_the_session_ended_is_lease_expired() {
     })
     .await;
 }
+
+/// A lease TTL Consul cannot have is a typed error before any request, not a 500 that reads
+/// like an outage.
+#[tokio::test]
+async fn a_lease_ttl_consul_cannot_have_is_refused_before_any_request() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    for ttl in [
+        Duration::MAX,
+        Duration::from_secs(24 * 3600 + 1),
+        Duration::ZERO,
+    ] {
+        let err = c
+            .join(
+                &NodeInfo {
+                    id: NodeId::random(),
+                    name: "n".into(),
+                },
+                ttl,
+                EventSink::new(|_| {}),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CoordinatorError::Backend { .. }), "{err}");
+        assert!(!err.is_transient());
+    }
+    assert_eq!(emu.control().request_total(), 0);
+}
