@@ -66,12 +66,13 @@ pub(crate) struct NodeState {
     pub(crate) ttl: Duration,
     pub(crate) events: EventSink,
     pub(crate) local: Mutex<Local>,
-    watch: Mutex<Option<JoinHandle<()>>>,
+    /// The watch tasks: trigger markers, and node records.
+    watch: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl NodeState {
     fn stop_watch(&self) {
-        if let Some(w) = self.watch.lock().unwrap().take() {
+        for w in self.watch.lock().unwrap().drain(..) {
             w.abort();
         }
     }
@@ -523,15 +524,23 @@ impl Coordinator for ConsulCoordinator {
             ttl,
             events,
             local: Mutex::new(Local::default()),
-            watch: Mutex::new(None),
+            watch: Mutex::new(Vec::new()),
         });
-        let task = tokio::spawn(watch::run(
-            client.clone(),
-            self.layout.clone(),
-            self.config.clone(),
-            state.clone(),
-        ));
-        *state.watch.lock().unwrap() = Some(task);
+        let tasks = vec![
+            tokio::spawn(watch::run(
+                client.clone(),
+                self.layout.clone(),
+                self.config.clone(),
+                state.clone(),
+            )),
+            tokio::spawn(watch::run_nodes(
+                client.clone(),
+                self.layout.clone(),
+                self.config.clone(),
+                state.clone(),
+            )),
+        ];
+        *state.watch.lock().unwrap() = tasks;
         if let Some(old) = self.nodes.lock().unwrap().insert(node.id, state) {
             old.stop_watch();
         }

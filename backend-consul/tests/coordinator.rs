@@ -265,8 +265,10 @@ async fn index_going_backwards_or_resetting_resyncs_without_losing_triggers() {
         c.trigger(&k).await.unwrap();
         let claim = c.claim(&a.id, 1).await.unwrap().pop().unwrap();
         // Once the watch is parked in a blocking query, make its next answer misbehave.
-        assert!(emu.control().wait_for_blocked_queries(1, WAIT).await);
-        emu.control().inject(fault, 1, Target::Blocking);
+        // (Both of its watches: trigger markers and node records.)
+        assert!(emu.control().wait_for_blocked_queries(2, WAIT).await);
+        emu.control()
+            .inject(fault, 1, Target::PathPrefix("/v1/kv/t/pend/".into()));
         let t = c.trigger(&k).await.unwrap();
         assert!(t.seq > claim.trigger_seq);
         expect_event(&mut a, "Resync", |e| matches!(e, CoordinatorEvent::Resync)).await;
@@ -300,9 +302,12 @@ async fn watch_failures_resync_and_triggers_still_arrive() {
     let k = key("flaky");
     c.trigger(&k).await.unwrap();
     c.claim(&a.id, 1).await.unwrap().pop().unwrap();
-    assert!(emu.control().wait_for_blocked_queries(1, WAIT).await);
-    emu.control()
-        .inject(FaultKind::DropConnection, 1, Target::Blocking);
+    assert!(emu.control().wait_for_blocked_queries(2, WAIT).await);
+    emu.control().inject(
+        FaultKind::DropConnection,
+        1,
+        Target::PathPrefix("/v1/kv/t/pend/".into()),
+    );
     emu.control().inject(
         FaultKind::Error500,
         2,
@@ -928,7 +933,8 @@ async fn every_trigger_moves_the_sequence_and_wakes_its_watchers() {
     // Unowned keys: every trigger wakes every claimer.
     let free = key("nobody owns me");
     for _ in 0..3 {
-        assert!(emu.control().wait_for_blocked_queries(2, WAIT).await);
+        // Every watch of both nodes is parked: no answer is on its way.
+        assert!(emu.control().wait_for_blocked_queries(4, WAIT).await);
         while peer.events.try_recv().is_ok() {}
         let t = owner_c.trigger(&free).await.unwrap();
         assert_eq!(t.owner, None);
@@ -1153,4 +1159,45 @@ async fn a_lease_ttl_consul_cannot_have_is_refused_before_any_request() {
         assert!(!err.is_transient());
     }
     assert_eq!(emu.control().request_total(), 0);
+}
+
+/// When a node's session ends, its keys are released under lock-delay and nobody writes a
+/// marker for them: the node-record watch announces them (`KeysAvailable`) at once and again
+/// once the lock-delay has passed, when a claim succeeds; the failover bound is 2 × TTL +
+/// lock-delay + claim interval, not the claimers' periodic listing on top.
+#[tokio::test]
+async fn a_dead_nodes_keys_are_announced_again_after_lock_delay() {
+    let emu = emulator().await;
+    let lock_delay = Duration::from_millis(300);
+    let a_c = coordinator(&emu, lock_delay);
+    let b_c = coordinator(&emu, lock_delay);
+    let a = join(&a_c, "a").await;
+    let mut b = join(&b_c, "b").await;
+    let k = key("orphaned");
+    a_c.trigger(&k).await.unwrap();
+    let first = a_c.claim_key(&a.id, &k).await.unwrap().unwrap();
+    // b lists the candidates now (none free), so only an announcement makes it look again.
+    assert!(b_c.claim(&b.id, 10).await.unwrap().is_empty());
+    assert!(emu.control().wait_for_blocked_queries(4, WAIT).await);
+    while b.events.try_recv().is_ok() {}
+    let died = Instant::now();
+    assert!(emu.control().expire_session(&session(&a_c, &a)));
+    expect_event(&mut b, "KeysAvailable at the death", |e| {
+        matches!(e, CoordinatorEvent::KeysAvailable)
+    })
+    .await;
+    if died.elapsed() < lock_delay {
+        assert!(
+            b_c.claim(&b.id, 10).await.unwrap().is_empty(),
+            "under lock-delay"
+        );
+    }
+    expect_event(&mut b, "KeysAvailable after lock-delay", |e| {
+        matches!(e, CoordinatorEvent::KeysAvailable)
+    })
+    .await;
+    assert!(died.elapsed() >= lock_delay);
+    let claims = b_c.claim(&b.id, 10).await.unwrap();
+    assert_eq!(claims.len(), 1, "claimable once announced: {claims:?}");
+    assert!(claims[0].epoch > first.epoch);
 }
