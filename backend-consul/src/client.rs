@@ -37,8 +37,8 @@ const LARGE_ANSWER: usize = 64 * 1024;
 /// Consul's default value size limit (`limits.kv_max_value_size`).
 pub const CONSUL_MAX_VALUE_BYTES: usize = 512 * 1024;
 
-/// The most operations this client puts in one transaction (Consul's documented limit has
-/// been 64 in older versions and 128 in newer ones; 64 is accepted by both).
+/// The most operations Consul accepts in one transaction (`maxTxnOps` in
+/// `agent/txn_endpoint.go`); this client refuses more before sending.
 pub const TXN_MAX_OPS: usize = 64;
 
 /// One KV entry.
