@@ -1018,3 +1018,46 @@ async fn delete_behavior_deletes_held_keys() {
     api.destroy(&a).await;
     assert!(api.entry("k").await.is_none());
 }
+
+/// `TestAPI_SessionList`, `TestAPI_SessionNode`: a session shows in the list and under its
+/// node, with an index and the leader header.
+#[tokio::test]
+async fn session_list_and_node_sessions() {
+    let api = Api::new().await;
+    let id = api.session(json!({"Checks": []})).await;
+    let node = api.session_info(&id).await.json()[0]["Node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for path in [
+        "/v1/session/list".to_string(),
+        format!("/v1/session/node/{node}"),
+    ] {
+        let a = api.send(reqwest::Method::GET, &path, None).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}");
+        assert!(a.index() >= 1 && a.known_leader, "{path}");
+        let ids: Vec<String> = a
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["ID"].as_str().unwrap().to_string())
+            .collect();
+        assert!(ids.contains(&id), "{path}: {ids:?}");
+    }
+    api.destroy(&id).await;
+}
+
+/// `TestLock_DeleteKey`: deleting a held lock's key removes it (the holder loses the lock).
+#[tokio::test]
+async fn deleting_a_held_lock_key_removes_it() {
+    let api = Api::new().await;
+    let a = api.session(json!({"LockDelay": "0s", "Checks": []})).await;
+    api.kv_put(&format!("l?acquire={a}"), b"").await;
+    assert_eq!(api.kv_delete("l").await.body, "true");
+    assert!(api.entry("l").await.is_none());
+    assert_eq!(
+        api.kv_put(&format!("l?release={a}"), b"").await.body,
+        "false"
+    );
+}
