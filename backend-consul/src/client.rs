@@ -37,8 +37,8 @@ const LARGE_ANSWER: usize = 64 * 1024;
 /// Consul's default value size limit (`limits.kv_max_value_size`).
 pub const CONSUL_MAX_VALUE_BYTES: usize = 512 * 1024;
 
-/// The most operations this client puts in one transaction (Consul's documented limit has
-/// been 64 in older versions and 128 in newer ones; 64 is accepted by both).
+/// The most operations Consul accepts in one transaction (`maxTxnOps` in
+/// `agent/txn_endpoint.go`); this client refuses more before sending.
 pub const TXN_MAX_OPS: usize = 64;
 
 /// One KV entry.
@@ -290,6 +290,20 @@ impl TxnOp {
         }
     }
 
+    /// Whether it changes the store (Consul's `isWrite`): a transaction without such an
+    /// operation is served outside Raft.
+    fn is_write(&self) -> bool {
+        matches!(
+            self,
+            TxnOp::Set { .. }
+                | TxnOp::Cas { .. }
+                | TxnOp::Lock { .. }
+                | TxnOp::Unlock { .. }
+                | TxnOp::Delete { .. }
+                | TxnOp::DeleteCas { .. }
+        )
+    }
+
     fn value(&self) -> Option<&Bytes> {
         match self {
             TxnOp::Set { value, .. }
@@ -348,8 +362,8 @@ pub enum TxnOutcome {
     RolledBack(Vec<TxnFailure>),
 }
 
-/// Settings of the HTTP client.
-#[derive(Debug, Clone)]
+/// Settings of the HTTP client. Its `Debug` shows whether a token is set, not the token.
+#[derive(Clone)]
 pub(crate) struct ClientSettings {
     pub(crate) address: String,
     pub(crate) token: Option<String>,
@@ -359,12 +373,34 @@ pub(crate) struct ClientSettings {
     pub(crate) txn_max_request_bytes: usize,
 }
 
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field("address", &self.address)
+            .field("token", &crate::config::redacted(&self.token))
+            .field("datacenter", &self.datacenter)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("txn_max_request_bytes", &self.txn_max_request_bytes)
+            .finish()
+    }
+}
+
 /// A thin typed client for the Consul HTTP API: sessions, KV, transactions and blocking
-/// queries. Cheap to clone.
-#[derive(Debug, Clone)]
+/// queries. Cheap to clone. Its `Debug` shows neither the ACL token nor TLS material.
+#[derive(Clone)]
 pub struct ConsulClient {
     http: reqwest::Client,
     settings: std::sync::Arc<ClientSettings>,
+}
+
+impl std::fmt::Debug for ConsulClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The reqwest client is left out: it holds the TLS identity.
+        f.debug_struct("ConsulClient")
+            .field("settings", &*self.settings)
+            .finish()
+    }
 }
 
 impl ConsulClient {
@@ -752,6 +788,12 @@ impl ConsulClient {
 
     /// Runs an all-or-nothing transaction. Too many operations or a too-large value is an
     /// error before any request.
+    ///
+    /// A transaction without writes is a read: Consul serves it outside Raft with the
+    /// request's consistency mode (`Txn.Read`), which by default may answer from a leader
+    /// that was just deposed. Every read-only transaction this client sends is therefore
+    /// `?consistent` (the leader confirms its leadership first); transactions with a write
+    /// go through Raft and are linearizable anyway.
     pub async fn txn(&self, ops: &[TxnOp]) -> Result<TxnOutcome, ClientError> {
         if ops.len() > TXN_MAX_OPS {
             return Err(ClientError::TooManyOps {
@@ -781,11 +823,16 @@ impl ConsulClient {
             });
         }
         let path = "/v1/txn";
+        let query: &[(&str, String)] = if ops.iter().any(TxnOp::is_write) {
+            &[]
+        } else {
+            &[("consistent", String::new())]
+        };
         let (status, _, bytes) = self
             .send(
                 Method::PUT,
                 path,
-                &[],
+                query,
                 Some(body),
                 self.settings.request_timeout,
             )

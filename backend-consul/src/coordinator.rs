@@ -24,12 +24,15 @@ use crate::error::BACKEND;
 use crate::layout::{Layout, Part};
 use crate::watch;
 
-/// Keys claimed per transaction (four operations each, within [`TXN_MAX_OPS`]).
-const CLAIM_BATCH: usize = TXN_MAX_OPS / 4;
+/// Keys claimed per transaction: the session check plus four operations per key, within
+/// [`TXN_MAX_OPS`].
+const CLAIM_BATCH: usize = (TXN_MAX_OPS - 1) / 4;
 /// The candidate list is re-read at most this often while it still has keys…
 const RELIST_BUSY: Duration = Duration::from_millis(250);
 /// …and at most this often once it is empty.
 const RELIST_EMPTY: Duration = Duration::from_millis(20);
+/// Consul's longest session TTL (`structs.SessionTTLMax`).
+const SESSION_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
 /// The candidate list is never older than this.
 const RELIST_MAX_AGE: Duration = Duration::from_secs(2);
 
@@ -63,12 +66,13 @@ pub(crate) struct NodeState {
     pub(crate) ttl: Duration,
     pub(crate) events: EventSink,
     pub(crate) local: Mutex<Local>,
-    watch: Mutex<Option<JoinHandle<()>>>,
+    /// The watch tasks: trigger markers, and node records.
+    watch: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl NodeState {
     fn stop_watch(&self) {
-        if let Some(w) = self.watch.lock().unwrap().take() {
+        for w in self.watch.lock().unwrap().drain(..) {
             w.abort();
         }
     }
@@ -105,6 +109,15 @@ impl Drop for ConsulCoordinator {
             node.stop_watch();
         }
     }
+}
+
+/// A value no earlier write stored: Consul skips a write that stores what is already stored
+/// (`kvsSetTxn`, since 1.6), keeping the entry's `ModifyIndex` and waking no watch. The
+/// registry entry's `ModifyIndex` is the trigger sequence and markers wake the watches, so
+/// each of their writes must change the value, or a trigger would neither move the
+/// sequence nor wake anyone.
+fn fresh_value() -> Bytes {
+    Bytes::from(format!("{:032x}", rand::random::<u128>()))
 }
 
 fn own_value(node: &NodeId) -> Bytes {
@@ -145,8 +158,11 @@ fn last_index(results: &[KvEntry]) -> u64 {
     results.last().map_or(0, |e| e.modify_index)
 }
 
-fn invalid_session(failures: &[TxnFailure]) -> bool {
-    failures.iter().any(|f| f.what.contains("invalid session"))
+/// Whether a claim transaction failed because the node's session is gone: its first
+/// operation, the session check on the node record, failed. Classified by position, not by
+/// Consul's message text.
+fn session_gone(failures: &[TxnFailure]) -> bool {
+    failures.iter().any(|f| f.op_index == 0)
 }
 
 /// One key's entries under `P/k/`.
@@ -330,6 +346,17 @@ impl ConsulCoordinator {
         Ok(out)
     }
 
+    /// The first operation of every claim transaction: the node record is locked by the
+    /// node's session, so this fails exactly when the session is gone (or an operator
+    /// deleted the record, which is treated the same: stop and re-join). A lock with an
+    /// unknown session fails too, but only Consul's message text would say why.
+    fn session_check(&self, node: &NodeState) -> TxnOp {
+        TxnOp::CheckSession {
+            key: self.layout.node(&node.id),
+            session: node.session.clone(),
+        }
+    }
+
     fn claim_ops(&self, node: &NodeState, key: &Key) -> [TxnOp; 4] {
         [
             TxnOp::Lock {
@@ -369,21 +396,22 @@ impl ConsulCoordinator {
         }
     }
 
-    /// Claims `keys` in one transaction, dropping those another node got first (each failed
-    /// attempt drops at least one key, so this ends).
+    /// Claims `keys` in one transaction, dropping those another node got first or that are
+    /// under lock-delay (each failed attempt drops at least one key, so this ends).
     async fn claim_batch(
         &self,
         node: &NodeState,
         mut keys: Vec<Key>,
     ) -> Result<Vec<Claim>, CoordinatorError> {
         while !keys.is_empty() {
-            let ops: Vec<TxnOp> = keys.iter().flat_map(|k| self.claim_ops(node, k)).collect();
+            let mut ops = vec![self.session_check(node)];
+            ops.extend(keys.iter().flat_map(|k| self.claim_ops(node, k)));
             match self.txn(&ops).await? {
                 TxnOutcome::Committed(results) => {
-                    // Two results per key: the lock, then the registry entry.
+                    // The session check, then two results per key: the lock, the registry entry.
                     let claims = keys
                         .iter()
-                        .zip(results.chunks(2))
+                        .zip(results[1..].chunks(2))
                         .map(|(key, r)| Claim {
                             key: key.clone(),
                             epoch: Epoch(r[0].modify_index),
@@ -393,10 +421,14 @@ impl ConsulCoordinator {
                     return Ok(claims);
                 }
                 TxnOutcome::RolledBack(failures) => {
-                    if invalid_session(&failures) {
+                    if session_gone(&failures) {
                         return Err(self.lease_lost(node));
                     }
-                    let lost: Vec<usize> = failures.iter().map(|f| f.op_index / 4).collect();
+                    let lost: Vec<usize> = failures
+                        .iter()
+                        .filter(|f| f.op_index > 0)
+                        .map(|f| (f.op_index - 1) / 4)
+                        .collect();
                     if lost.is_empty() {
                         return Err(CoordinatorError::backend(
                             BACKEND,
@@ -419,7 +451,7 @@ impl ConsulCoordinator {
     async fn mark_available(&self) -> Result<(), CoordinatorError> {
         self.txn(&[TxnOp::Set {
             key: self.layout.avail(),
-            value: Bytes::new(),
+            value: fresh_value(),
         }])
         .await?;
         Ok(())
@@ -440,6 +472,17 @@ impl Coordinator for ConsulCoordinator {
         ttl: Duration,
         events: EventSink,
     ) -> Result<Lease, CoordinatorError> {
+        // Consul refuses longer TTLs (`structs.SessionTTLMax`) with a 500, which reads like
+        // an outage; say what is wrong before sending anything.
+        if ttl > SESSION_TTL_MAX || ttl < Duration::from_millis(1) {
+            return Err(CoordinatorError::backend(
+                BACKEND,
+                format!(
+                    "lease ttl {ttl:?} is outside consul's session TTL range (1ms..=24h; the agent's session_ttl_min applies too)"
+                ),
+                None,
+            ));
+        }
         let client = self.client_ref();
         let session = client
             .session_create(&SessionSpec {
@@ -481,15 +524,23 @@ impl Coordinator for ConsulCoordinator {
             ttl,
             events,
             local: Mutex::new(Local::default()),
-            watch: Mutex::new(None),
+            watch: Mutex::new(Vec::new()),
         });
-        let task = tokio::spawn(watch::run(
-            client.clone(),
-            self.layout.clone(),
-            self.config.clone(),
-            state.clone(),
-        ));
-        *state.watch.lock().unwrap() = Some(task);
+        let tasks = vec![
+            tokio::spawn(watch::run(
+                client.clone(),
+                self.layout.clone(),
+                self.config.clone(),
+                state.clone(),
+            )),
+            tokio::spawn(watch::run_nodes(
+                client.clone(),
+                self.layout.clone(),
+                self.config.clone(),
+                state.clone(),
+            )),
+        ];
+        *state.watch.lock().unwrap() = tasks;
         if let Some(old) = self.nodes.lock().unwrap().insert(node.id, state) {
             old.stop_watch();
         }
@@ -532,7 +583,7 @@ impl Coordinator for ConsulCoordinator {
         if released_any {
             ops.push(TxnOp::Set {
                 key: self.layout.avail(),
-                value: Bytes::new(),
+                value: fresh_value(),
             });
         }
         for chunk in ops.chunks(TXN_MAX_OPS) {
@@ -549,14 +600,14 @@ impl Coordinator for ConsulCoordinator {
         let ops = [
             TxnOp::Set {
                 key: self.layout.reg(key),
-                value: Bytes::new(),
+                value: fresh_value(),
             },
             TxnOp::Delete {
                 key: self.layout.park(key),
             },
             TxnOp::Set {
                 key: self.layout.pend(key),
-                value: Bytes::new(),
+                value: fresh_value(),
             },
             TxnOp::GetOrEmpty {
                 key: self.layout.own(key),
@@ -585,7 +636,7 @@ impl Coordinator for ConsulCoordinator {
                 },
                 TxnOp::Set {
                     key: self.layout.avail(),
-                    value: Bytes::new(),
+                    value: fresh_value(),
                 },
             ];
             if let TxnOutcome::RolledBack(_) = self.txn(&ops).await? {
@@ -607,16 +658,31 @@ impl Coordinator for ConsulCoordinator {
         // Candidates lost to other claimers are replaced by further ones, so an empty answer
         // means no candidate is left, not that this node lost every race.
         let mut claims = Vec::new();
-        loop {
-            let keys = self.candidates(&n, max - claims.len()).await?;
-            if keys.is_empty() {
-                break;
+        let outcome: Result<(), CoordinatorError> = async {
+            loop {
+                let keys = self.candidates(&n, max - claims.len()).await?;
+                if keys.is_empty() {
+                    return Ok(());
+                }
+                for chunk in keys.chunks(CLAIM_BATCH) {
+                    claims.extend(self.claim_batch(&n, chunk.to_vec()).await?);
+                }
+                if claims.len() >= max {
+                    return Ok(());
+                }
             }
-            for chunk in keys.chunks(CLAIM_BATCH) {
-                claims.extend(self.claim_batch(&n, chunk.to_vec()).await?);
-            }
-            if claims.len() >= max {
-                break;
+        }
+        .await;
+        match outcome {
+            Ok(()) => {}
+            // The session is gone: what it acquired was released with it.
+            Err(e @ CoordinatorError::LeaseExpired { .. }) => return Err(e),
+            Err(e) if claims.is_empty() => return Err(e),
+            // Keys whose transactions committed are this node's now: dropping them would
+            // leave them owned by a live node that runs nothing (the contract: `Ok` with
+            // what committed; the engine resyncs after a claim error anyway).
+            Err(error) => {
+                tracing::warn!(%error, committed = claims.len(), node = %n.id, "claim stopped early; keeping what committed");
             }
         }
         self.record_claims(&n, &mut claims);
@@ -654,19 +720,21 @@ impl Coordinator for ConsulCoordinator {
                 return Ok(None);
             }
         }
-        let ops = self.claim_ops(&n, key);
+        let mut ops = vec![self.session_check(&n)];
+        ops.extend(self.claim_ops(&n, key));
         match self.txn(&ops).await? {
             TxnOutcome::Committed(r) => {
+                // The session check, the lock, the registry entry.
                 let mut claims = [Claim {
                     key: key.clone(),
-                    epoch: Epoch(r[0].modify_index),
-                    trigger_seq: TriggerSeq(r[1].modify_index),
+                    epoch: Epoch(r[1].modify_index),
+                    trigger_seq: TriggerSeq(r[2].modify_index),
                 }];
                 self.record_claims(&n, &mut claims);
                 let [claim] = claims;
                 Ok(Some(claim))
             }
-            TxnOutcome::RolledBack(f) if invalid_session(&f) => Err(self.lease_lost(&n)),
+            TxnOutcome::RolledBack(f) if session_gone(&f) => Err(self.lease_lost(&n)),
             TxnOutcome::RolledBack(_) => Ok(None),
         }
     }
@@ -750,7 +818,7 @@ impl Coordinator for ConsulCoordinator {
                 });
                 ops.push(TxnOp::Set {
                     key: self.layout.avail(),
-                    value: Bytes::new(),
+                    value: fresh_value(),
                 });
                 match self.txn(&ops).await? {
                     TxnOutcome::Committed(_) => {

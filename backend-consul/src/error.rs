@@ -93,13 +93,18 @@ impl From<ClientError> for CoordinatorError {
 }
 
 /// An invalid [`ConsulConfig`](crate::ConsulConfig), reported by
-/// [`ConsulConfigBuilder::build`](crate::ConsulConfigBuilder::build).
+/// [`ConsulConfigBuilder::build`](crate::ConsulConfigBuilder::build). No variant carries the
+/// ACL token or TLS key material.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// The address was not an `http://` or `https://` URL with a host.
     #[error("consul address {0:?} must be an http:// or https:// URL with a host")]
     BadAddress(String),
+    /// The address carried user credentials (`user:password@`); they are not repeated here.
+    /// Use [`token`](crate::ConsulConfigBuilder::token) for the ACL token.
+    #[error("consul address must not carry credentials (user:password@host)")]
+    AddressWithCredentials,
     /// The KV prefix was empty, started or ended with `/`, or had an empty segment.
     #[error("key prefix {0:?} must be non-empty, without leading, trailing or doubled '/'")]
     BadPrefix(String),
@@ -112,18 +117,30 @@ pub enum ConfigError {
     /// The lock-delay was above Consul's maximum of 60 s.
     #[error("lock_delay {0:?} exceeds consul's maximum of 60s")]
     LockDelayTooLong(Duration),
-    /// The request timeout was zero.
-    #[error("request_timeout must be greater than zero")]
-    ZeroTimeout,
+    /// The request timeout was outside 1 ms..=10 min.
+    #[error("request_timeout {0:?} must be between 1ms and 10m")]
+    RequestTimeoutOutOfRange(Duration),
     /// The blocking-query wait was outside 1 s..=10 min (Consul caps it at 10 min).
     #[error("watch_wait {0:?} must be between 1s and 10m")]
     BadWatchWait(Duration),
-    /// The watch rate limit was zero.
-    #[error("watch_min_interval must be greater than zero")]
-    ZeroWatchInterval,
-    /// The transaction size limit leaves no room for state.
-    #[error("txn_max_request_bytes {0} is too small (at least 64 KiB)")]
-    TxnLimitTooSmall(usize),
+    /// The watch rate limit was outside 1 ms..=1 min.
+    #[error("watch_min_interval {0:?} must be between 1ms and 1m")]
+    WatchIntervalOutOfRange(Duration),
+    /// The value size limit was outside 1 KiB..=256 MiB.
+    #[error("max_value_bytes {0} must be between 1 KiB and 256 MiB")]
+    ValueLimitOutOfRange(usize),
+    /// The transaction size limit was outside 64 KiB..=256 MiB (below, no room for state).
+    #[error("txn_max_request_bytes {0} must be between 64 KiB and 256 MiB")]
+    TxnLimitOutOfRange(usize),
+    /// The CA bundle file named by `CONSUL_CACERT` could not be read.
+    #[error("cannot read the CA bundle {path:?} (CONSUL_CACERT)")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The CA bundle held no PEM certificate.
     #[error("ca certificate bundle holds no PEM certificate")]
     NoCaCertificate,

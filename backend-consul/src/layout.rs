@@ -2,13 +2,13 @@
 //!
 //! | KV key | what |
 //! |---|---|
-//! | `P/k/<e>/reg` | the key is registered; its `ModifyIndex` is the trigger sequence (each trigger rewrites it) |
+//! | `P/k/<e>/reg` | the key is registered; its `ModifyIndex` is the trigger sequence (each trigger rewrites it with a fresh value) |
 //! | `P/k/<e>/own` | the ownership lock, acquired with the owner node's session; value = owner node id; its `ModifyIndex` right after the acquisition is the epoch |
 //! | `P/k/<e>/park` | the key is parked; value = the last error |
 //! | `P/state/<e>` | the key's state, raw bytes |
 //! | `P/pend/<e>` | notification marker written with every trigger, consumed with `delete-cas` by the owner's watch (or by a claim) |
-//! | `P/pend/~avail` | rewritten whenever keys become claimable; every node's watch sees it |
-//! | `P/nodes/<node id>` | one per node, locked by its session (so `Session` shows it alive); value = JSON with its name |
+//! | `P/pend/~avail` | rewritten (with a fresh value) whenever keys become claimable; every node's watch sees it |
+//! | `P/nodes/<node id>` | one per node, locked by its session (so `Session` shows it alive, and its release announces the node's death to the other nodes' record watch); value = JSON with its name |
 //!
 //! `<e>` is the key escaped into one path segment: bytes outside `[A-Za-z0-9_.-]` (and a
 //! leading `.`) become `%XX`, so keys with `/`, spaces, `?`, `%` or any unicode map to a

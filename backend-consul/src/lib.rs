@@ -3,8 +3,11 @@
 //! One TTL session per node (`Checks: []`, behaviour `release`) renewed by the engine's
 //! heartbeat; key ownership as KV locks (`acquire`/`release`) whose `ModifyIndex` is the
 //! epoch; every fenced write in a `/v1/txn` that checks the session and the epoch first;
-//! triggers as durable per-key entries plus markers consumed with CAS; one blocking query
-//! per node for notifications. See the crate README for the KV layout and request counts.
+//! triggers as durable per-key entries plus markers consumed with CAS, every write of them a
+//! fresh value (Consul skips writes that store what is stored); `?consistent` on every read
+//! that decides ownership or a sequence; two blocking queries per node for notifications
+//! (trigger markers, and node records whose session ended). See the crate README for the
+//! KV layout, the failover bound, request counts, and how to validate a Consul version.
 //!
 //! ```
 //! use std::time::Duration;

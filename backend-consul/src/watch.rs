@@ -1,12 +1,15 @@
-//! One node's watch: a blocking query on `P/pend/` that turns trigger markers of owned keys
+//! One node's watches: a blocking query on `P/pend/` that turns trigger markers of owned keys
 //! into `Triggered` events (and consumes them), availability changes into `KeysAvailable`,
-//! and any gap into `Resync`.
+//! and any gap into `Resync`; and one on `P/nodes/` that turns a node's death (its record's
+//! lock released by the session's invalidation) into `KeysAvailable`, at once and again once
+//! the lock-delay on its keys has passed.
 //!
 //! Blocking-query rules from Consul's documentation: keep the index of every answer (404s
 //! included); when it goes backwards (snapshot restore, tombstone reaping) or reads 0,
 //! start over from 0, which answers at once instead of blocking; and never send requests
 //! faster than `watch_min_interval`, whatever the index does.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,6 +128,81 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Watches the node records. A record whose lock is released (its session was invalidated:
+/// TTL, operator, failed renewals) means that node's keys were released too, under
+/// lock-delay; nothing else announces them (nobody writes `~avail` for a dead node), so
+/// without this the claimers would find them only at their next periodic listing.
+pub(crate) async fn run_nodes(
+    client: ConsulClient,
+    layout: Arc<Layout>,
+    config: Arc<ConsulConfig>,
+    node: Arc<NodeState>,
+) {
+    let prefix = layout.nodes_prefix();
+    let mut index = 0u64;
+    // Record key -> whether it was locked when last seen; `None` until the first answer,
+    // whose dead records are old news (their keys were claimable long before).
+    let mut seen: Option<HashMap<String, bool>> = None;
+    let mut failures = 0u32;
+    let mut not_before = Instant::now();
+    loop {
+        sleep_until(not_before).await;
+        not_before = Instant::now() + config.watch_min_interval;
+        let answer = client
+            .kv_list(
+                &prefix,
+                ReadOptions {
+                    consistent: false,
+                    index,
+                    wait: Some(config.watch_wait),
+                },
+            )
+            .await;
+        let listed = match answer {
+            Ok(listed) => listed,
+            Err(error) => {
+                failures += 1;
+                let backoff = (config.watch_min_interval * 2u32.saturating_pow(failures.min(16)))
+                    .min(MAX_BACKOFF);
+                tracing::debug!(%error, ?backoff, node = %node.id, "node watch request failed");
+                not_before = Instant::now() + backoff;
+                continue;
+            }
+        };
+        failures = 0;
+        index = next_index(index, listed.index).0;
+        let now: HashMap<String, bool> = listed
+            .value
+            .into_iter()
+            .map(|e| (e.key, e.session.is_some()))
+            .collect();
+        let died = seen.as_ref().is_some_and(|before| {
+            now.iter()
+                .any(|(k, locked)| !locked && before.get(k).copied() != Some(false))
+        });
+        seen = Some(now);
+        if died {
+            tracing::debug!(node = %node.id, "a node's session ended; its keys are claimable after lock-delay");
+            announce(&node);
+            // Its keys are under lock-delay: claims fail until it passes, so wake the
+            // claimers again then (with a little room for the leader's clock).
+            let node = node.clone();
+            let delay = config.lock_delay + config.lock_delay / 10 + Duration::from_millis(20);
+            if !config.lock_delay.is_zero() {
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    announce(&node);
+                });
+            }
+        }
+    }
+}
+
+fn announce(node: &NodeState) {
+    node.local.lock().unwrap().stale = true;
+    node.events.send(CoordinatorEvent::KeysAvailable);
 }
 
 #[cfg(test)]

@@ -265,8 +265,10 @@ async fn index_going_backwards_or_resetting_resyncs_without_losing_triggers() {
         c.trigger(&k).await.unwrap();
         let claim = c.claim(&a.id, 1).await.unwrap().pop().unwrap();
         // Once the watch is parked in a blocking query, make its next answer misbehave.
-        assert!(emu.control().wait_for_blocked_queries(1, WAIT).await);
-        emu.control().inject(fault, 1, Target::Blocking);
+        // (Both of its watches: trigger markers and node records.)
+        assert!(emu.control().wait_for_blocked_queries(2, WAIT).await);
+        emu.control()
+            .inject(fault, 1, Target::PathPrefix("/v1/kv/t/pend/".into()));
         let t = c.trigger(&k).await.unwrap();
         assert!(t.seq > claim.trigger_seq);
         expect_event(&mut a, "Resync", |e| matches!(e, CoordinatorEvent::Resync)).await;
@@ -300,9 +302,12 @@ async fn watch_failures_resync_and_triggers_still_arrive() {
     let k = key("flaky");
     c.trigger(&k).await.unwrap();
     c.claim(&a.id, 1).await.unwrap().pop().unwrap();
-    assert!(emu.control().wait_for_blocked_queries(1, WAIT).await);
-    emu.control()
-        .inject(FaultKind::DropConnection, 1, Target::Blocking);
+    assert!(emu.control().wait_for_blocked_queries(2, WAIT).await);
+    emu.control().inject(
+        FaultKind::DropConnection,
+        1,
+        Target::PathPrefix("/v1/kv/t/pend/".into()),
+    );
     emu.control().inject(
         FaultKind::Error500,
         2,
@@ -744,14 +749,15 @@ async fn request_counts_per_operation() {
 /// Failover after a crash, with Consul's bound: the session is invalidated between TTL and
 /// 2×TTL after the last renew, then the next claim takes the keys.
 #[tokio::test]
-async fn crash_failover_within_twice_the_ttl() {
+async fn crash_failover_takes_twice_the_ttl_plus_lock_delay() {
     let emu = emulator().await;
     let ttl = Duration::from_millis(1000);
     let claim_interval = ttl / 10;
+    let lock_delay = Duration::from_millis(200);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let start_engine = |name: &'static str| {
         let tx = tx.clone();
-        let coord: Arc<dyn Coordinator> = Arc::new(coordinator(&emu, Duration::ZERO));
+        let coord: Arc<dyn Coordinator> = Arc::new(coordinator(&emu, lock_delay));
         Engine::builder(
             coord,
             controller_fn(move |key: Key, ctx| {
@@ -783,13 +789,18 @@ async fn crash_failover_within_twice_the_ttl() {
     let took = at - killed;
     assert_eq!((node, key.as_str()), ("b", "crash/1"));
     assert!(epoch_b > epoch_a);
-    // The last renew was at most one heartbeat before the kill.
+    // Consul invalidates the session 2 × TTL after the last renew, which was at most one
+    // heartbeat before the kill, and then the key is under lock-delay.
     assert!(
-        took >= ttl - ttl / 5,
-        "taken over before the lease could expire: {took:?}"
+        took >= 2 * ttl - ttl / 5 + lock_delay,
+        "taken over before Consul could have freed it: {took:?}"
     );
-    // Consul's bound, 2×TTL + claim interval, with one more TTL of room for a loaded machine.
-    assert!(took <= 3 * ttl + claim_interval, "failover took {took:?}");
+    // The bound, 2 × TTL + lock-delay + claim interval, with one more TTL of room for a
+    // loaded machine.
+    assert!(
+        took <= 3 * ttl + lock_delay + claim_interval,
+        "failover took {took:?}"
+    );
     b.shutdown().await;
 }
 
@@ -880,4 +891,319 @@ async fn watch_is_rate_limited_when_the_index_reads_zero() {
     emu.control().clear_faults();
     // 1 s at one request per 50 ms is 20; a busy loop would send thousands.
     assert!((2..=25).contains(&sent), "{sent} watch requests in 1 s");
+}
+
+/// Consul skips a write that stores what is stored (`kvsSetTxn`, since 1.6): the entry's
+/// `ModifyIndex` stays and no blocking query wakes. The registry entry's `ModifyIndex` is the
+/// trigger sequence and the markers wake the watches, so every trigger must write fresh
+/// values: each one moves the sequence, reaches the owner, and each trigger of an unowned
+/// key wakes the claimers again.
+#[tokio::test]
+async fn every_trigger_moves_the_sequence_and_wakes_its_watchers() {
+    let emu = emulator().await;
+    let owner_c = coordinator(&emu, Duration::ZERO);
+    let peer_c = coordinator(&emu, Duration::ZERO);
+    let mut owner = join(&owner_c, "owner").await;
+    let mut peer = join(&peer_c, "peer").await;
+    let k = key("again and again");
+    let first = peer_c.trigger(&k).await.unwrap();
+    let claim = owner_c.claim_key(&owner.id, &k).await.unwrap().unwrap();
+    assert_eq!(claim.trigger_seq, first.seq);
+    let mut last = first.seq;
+    for _ in 0..3 {
+        let t = peer_c.trigger(&k).await.unwrap();
+        assert!(t.seq > last, "the sequence moved: {t:?} after {last:?}");
+        assert!(!t.registered);
+        let seq = t.seq;
+        expect_event(
+            &mut owner,
+            "Triggered at the new sequence",
+            |e| matches!(e, CoordinatorEvent::Triggered { seq: s, .. } if *s == seq),
+        )
+        .await;
+        last = seq;
+    }
+    let r = owner_c
+        .release(
+            &owner.id,
+            &k,
+            claim.epoch,
+            Release::Complete {
+                observed_seq: first.seq,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, Released::Retriggered { seq: last }, "no trigger is lost");
+
+    // Unowned keys: every trigger wakes every claimer.
+    let free = key("nobody owns me");
+    for _ in 0..3 {
+        // Every watch of both nodes is parked: no answer is on its way.
+        assert!(emu.control().wait_for_blocked_queries(4, WAIT).await);
+        while peer.events.try_recv().is_ok() {}
+        let t = owner_c.trigger(&free).await.unwrap();
+        assert_eq!(t.owner, None);
+        expect_event(&mut peer, "KeysAvailable", |e| {
+            matches!(e, CoordinatorEvent::KeysAvailable)
+        })
+        .await;
+    }
+}
+
+/// `Release::Park` parks only at the sequence the failing run observed (a `check-index` on
+/// the registry entry, whose `ModifyIndex` is the sequence because every trigger writes a
+/// fresh value); a trigger acknowledged during the run makes it `Retriggered`.
+#[tokio::test]
+async fn park_with_an_older_sequence_is_retriggered_and_parks_nothing() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let k = key("failing");
+    c.trigger(&k).await.unwrap();
+    let claim = c.claim_key(&a.id, &k).await.unwrap().unwrap();
+    let t = c.trigger(&k).await.unwrap();
+    let park = |observed| Release::Park {
+        error: "boom".into(),
+        observed_seq: observed,
+    };
+    let r = c
+        .release(&a.id, &k, claim.epoch, park(claim.trigger_seq))
+        .await
+        .unwrap();
+    assert_eq!(r, Released::Retriggered { seq: t.seq });
+    let info = c.key_info(&k).await.unwrap().unwrap();
+    assert_eq!(info.parked, None, "nothing parked");
+    assert_eq!(info.owner, Some(a.id), "the caller keeps the key");
+    assert_eq!(info.epoch, Some(claim.epoch), "at the same epoch");
+    let r = c
+        .release(&a.id, &k, claim.epoch, park(t.seq))
+        .await
+        .unwrap();
+    assert_eq!(r, Released::Released);
+    let info = c.key_info(&k).await.unwrap().unwrap();
+    assert_eq!(info.parked.as_deref(), Some("boom"));
+    assert_eq!(info.owner, None);
+}
+
+/// Reads that decide ownership or sequences are `?consistent`, read-only transactions
+/// included (Consul serves those outside Raft, possibly stale): with a lagging follower
+/// serving every non-consistent read, they still see the newest trigger.
+#[tokio::test]
+async fn reads_that_decide_ownership_or_sequences_are_consistent() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let k = key("fresh reads");
+    c.trigger(&k).await.unwrap();
+    let claim = c.claim_key(&a.id, &k).await.unwrap().unwrap();
+    c.save_state(&a.id, &k, claim.epoch, Bytes::from_static(b"old"))
+        .await
+        .unwrap();
+    // A follower stops here; every read it could serve (all but the watch's) would be stale.
+    let control = emu.control();
+    for target in ["/v1/txn", "/v1/kv/t/k/", "/v1/kv/t/state/"] {
+        control.inject(
+            FaultKind::StaleRead,
+            1000,
+            Target::PathPrefix(target.into()),
+        );
+    }
+    let t = c.trigger(&k).await.unwrap();
+    c.save_state(&a.id, &k, claim.epoch, Bytes::from_static(b"new"))
+        .await
+        .unwrap();
+
+    let info = c.key_info(&k).await.unwrap().unwrap();
+    assert_eq!(info.trigger_seq, t.seq, "key_info");
+    let owned = c.owned(&a.id).await.unwrap();
+    assert_eq!(owned[0].trigger_seq, t.seq, "owned");
+    assert_eq!(
+        c.load_state(&k).await.unwrap().as_deref(),
+        Some(&b"new"[..]),
+        "load_state"
+    );
+    let again = c.claim_key(&a.id, &k).await.unwrap().unwrap();
+    assert_eq!(again.trigger_seq, t.seq, "claim_key of an owned key");
+    let r = c
+        .release(
+            &a.id,
+            &k,
+            claim.epoch,
+            Release::Complete {
+                observed_seq: claim.trigger_seq,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Released::Retriggered { seq: t.seq },
+        "release's fenced read"
+    );
+    assert_eq!(control.pending_faults(), 3000, "no read was served stale");
+}
+
+/// A claim that takes keys in several transactions keeps the ones that committed when a
+/// later transaction fails (the `Coordinator::claim` contract): `Ok` with those, and they
+/// are this node's. `Err` only when nothing committed.
+#[tokio::test]
+async fn a_claim_that_fails_in_a_later_chunk_returns_what_committed() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let keys: Vec<Key> = (0..20).map(|i| key(&format!("chunked/{i}"))).collect();
+    for k in &keys {
+        c.trigger(k).await.unwrap();
+    }
+    // The first claim transaction commits, the second fails.
+    emu.control().inject_after(
+        1,
+        FaultKind::Error500,
+        1,
+        Target::PathPrefix("/v1/txn".into()),
+    );
+    let claims = c.claim(&a.id, 40).await.expect("Ok with what committed");
+    assert!(
+        !claims.is_empty() && claims.len() < keys.len(),
+        "{claims:?}"
+    );
+    assert_eq!(emu.control().pending_faults(), 0);
+    let mut owned: Vec<Key> = c
+        .owned(&a.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.key)
+        .collect();
+    let mut claimed: Vec<Key> = claims.iter().map(|c| c.key.clone()).collect();
+    owned.sort();
+    claimed.sort();
+    assert_eq!(
+        owned, claimed,
+        "exactly the committed claims are owned and reported"
+    );
+
+    // Nothing committed: an error.
+    let b_c = coordinator(&emu, Duration::ZERO);
+    let b = join(&b_c, "b").await;
+    emu.control()
+        .inject(FaultKind::Error500, 1, Target::PathPrefix("/v1/txn".into()));
+    let err = b_c.claim(&b.id, 40).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    // The rest is still claimable afterwards.
+    let mut rest = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while rest.len() + claims.len() < keys.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} more claimed",
+            rest.len()
+        );
+        rest.extend(b_c.claim(&b.id, 40).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rest.len() + claims.len(), keys.len());
+}
+
+/// A claim by a node whose session is gone is `LeaseExpired` (and `OwnershipLost` for
+/// everything), recognised by the failed session check on the node record, not by text.
+#[tokio::test]
+async fn a_claim_after_the_session_ended_is_lease_expired() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let mut a = join(&c, "a").await;
+    let k = key("orphan");
+    c.trigger(&k).await.unwrap();
+    assert!(emu.control().destroy_session(&session(&c, &a)));
+    let err = c.claim(&a.id, 10).await.unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::LeaseExpired { node } if node == a.id),
+        "{err}"
+    );
+    expect_event(&mut a, "OwnershipLost(all)", |e| {
+        matches!(e, CoordinatorEvent::OwnershipLost { key: None })
+    })
+    .await;
+
+    let mut b = join(&c, "b").await;
+    assert!(emu.control().destroy_session(&session(&c, &b)));
+    let err = c.claim_key(&b.id, &k).await.unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::LeaseExpired { node } if node == b.id),
+        "{err}"
+    );
+    expect_event(&mut b, "OwnershipLost(all)", |e| {
+        matches!(e, CoordinatorEvent::OwnershipLost { key: None })
+    })
+    .await;
+}
+
+/// A lease TTL Consul cannot have is a typed error before any request, not a 500 that reads
+/// like an outage.
+#[tokio::test]
+async fn a_lease_ttl_consul_cannot_have_is_refused_before_any_request() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    for ttl in [
+        Duration::MAX,
+        Duration::from_secs(24 * 3600 + 1),
+        Duration::ZERO,
+    ] {
+        let err = c
+            .join(
+                &NodeInfo {
+                    id: NodeId::random(),
+                    name: "n".into(),
+                },
+                ttl,
+                EventSink::new(|_| {}),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CoordinatorError::Backend { .. }), "{err}");
+        assert!(!err.is_transient());
+    }
+    assert_eq!(emu.control().request_total(), 0);
+}
+
+/// When a node's session ends, its keys are released under lock-delay and nobody writes a
+/// marker for them: the node-record watch announces them (`KeysAvailable`) at once and again
+/// once the lock-delay has passed, when a claim succeeds; the failover bound is 2 × TTL +
+/// lock-delay + claim interval, not the claimers' periodic listing on top.
+#[tokio::test]
+async fn a_dead_nodes_keys_are_announced_again_after_lock_delay() {
+    let emu = emulator().await;
+    let lock_delay = Duration::from_millis(300);
+    let a_c = coordinator(&emu, lock_delay);
+    let b_c = coordinator(&emu, lock_delay);
+    let a = join(&a_c, "a").await;
+    let mut b = join(&b_c, "b").await;
+    let k = key("orphaned");
+    a_c.trigger(&k).await.unwrap();
+    let first = a_c.claim_key(&a.id, &k).await.unwrap().unwrap();
+    // b lists the candidates now (none free), so only an announcement makes it look again.
+    assert!(b_c.claim(&b.id, 10).await.unwrap().is_empty());
+    assert!(emu.control().wait_for_blocked_queries(4, WAIT).await);
+    while b.events.try_recv().is_ok() {}
+    let died = Instant::now();
+    assert!(emu.control().expire_session(&session(&a_c, &a)));
+    expect_event(&mut b, "KeysAvailable at the death", |e| {
+        matches!(e, CoordinatorEvent::KeysAvailable)
+    })
+    .await;
+    if died.elapsed() < lock_delay {
+        assert!(
+            b_c.claim(&b.id, 10).await.unwrap().is_empty(),
+            "under lock-delay"
+        );
+    }
+    expect_event(&mut b, "KeysAvailable after lock-delay", |e| {
+        matches!(e, CoordinatorEvent::KeysAvailable)
+    })
+    .await;
+    assert!(died.elapsed() >= lock_delay);
+    let claims = b_c.claim(&b.id, 10).await.unwrap();
+    assert_eq!(claims.len(), 1, "claimable once announced: {claims:?}");
+    assert!(claims[0].epoch > first.epoch);
 }

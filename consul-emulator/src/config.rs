@@ -5,8 +5,8 @@ use std::time::Duration;
 /// Consul's default `limits.kv_max_value_size` and `txn_max_req_len`: 512 KiB.
 pub const DEFAULT_MAX_BYTES: usize = 512 * 1024;
 
-/// Consul's limit on operations in one transaction.
-pub const DEFAULT_TXN_MAX_OPS: usize = 128;
+/// Consul's limit on operations in one transaction (`maxTxnOps` in `agent/txn_endpoint.go`).
+pub const DEFAULT_TXN_MAX_OPS: usize = 64;
 
 /// An invalid emulator setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,13 +74,15 @@ impl EmulatorConfigBuilder {
         self
     }
 
-    /// The largest `/v1/txn` request body accepted (`txn_max_req_len`).
+    /// The largest `/v1/txn` request body accepted (`txn_max_req_len`). As in Consul, the
+    /// effective limit is the larger of this and [`max_value_bytes`](Self::max_value_bytes).
     pub fn txn_max_request_bytes(mut self, bytes: usize) -> Self {
         self.0.txn_max_request_bytes = bytes;
         self
     }
 
-    /// The most operations accepted in one transaction.
+    /// The most operations accepted in one transaction (64 in Consul, not configurable
+    /// there).
     pub fn txn_max_ops(mut self, ops: usize) -> Self {
         self.0.txn_max_ops = ops;
         self

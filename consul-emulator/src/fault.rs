@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::Store;
+use crate::store::{Kv, Store};
 
 /// One way to misbehave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +27,19 @@ pub enum FaultKind {
     /// Report `X-Consul-Index: 0`, which a careless client would busy-loop on. Only KV
     /// reads consume it.
     IndexZero,
+    /// Answer from a follower that stopped applying the Raft log when the fault was
+    /// injected: reads see the KV store as it was then. Consul serves reads without
+    /// `?consistent` (default and `?stale` mode, and read-only transactions, which never
+    /// go through Raft) from state that may lag; only those consume it: `?consistent` reads,
+    /// blocking queries and transactions with a write never do.
+    StaleRead,
 }
 
 impl FaultKind {
+    pub(crate) fn is_stale_read(self) -> bool {
+        self == FaultKind::StaleRead
+    }
+
     pub(crate) fn is_index_fault(self) -> bool {
         matches!(
             self,
@@ -54,7 +64,23 @@ pub enum Target {
 pub(crate) struct Rule {
     pub(crate) kind: FaultKind,
     pub(crate) target: Target,
+    /// Matching requests let through before the fault applies.
+    pub(crate) skip: usize,
     pub(crate) remaining: usize,
+    /// For [`FaultKind::StaleRead`]: the KV store as the lagging follower has it.
+    pub(crate) view: Option<Arc<Kv>>,
+}
+
+/// What a request may consume.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestKind {
+    /// It carries a non-zero `index` (a blocking query).
+    pub(crate) blocking: bool,
+    /// It reports an `X-Consul-Index` (KV reads).
+    pub(crate) reports_index: bool,
+    /// It may be served from stale state (a non-blocking read without `?consistent`, or a
+    /// read-only transaction without `?consistent`).
+    pub(crate) may_be_stale: bool,
 }
 
 #[derive(Default)]
@@ -64,30 +90,35 @@ pub(crate) struct FaultState {
 }
 
 impl FaultState {
-    /// Takes the first rule matching this request, if any. Index faults are only taken by
-    /// requests that report an index.
+    /// Takes the first rule matching this request, if any (counting down the requests it
+    /// lets through first). Index faults are only taken by requests that report an index,
+    /// stale reads only by requests that may be stale.
     pub(crate) fn take(
         &mut self,
         path: &str,
-        blocking: bool,
-        reports_index: bool,
-    ) -> Option<FaultKind> {
+        request: RequestKind,
+    ) -> Option<(FaultKind, Option<Arc<Kv>>)> {
         let pos = self.rules.iter().position(|r| {
             r.remaining > 0
-                && (reports_index || !r.kind.is_index_fault())
+                && (request.reports_index || !r.kind.is_index_fault())
+                && (request.may_be_stale || !r.kind.is_stale_read())
                 && match &r.target {
                     Target::Any => true,
                     Target::PathPrefix(p) => path.starts_with(p.as_str()),
-                    Target::Blocking => blocking,
+                    Target::Blocking => request.blocking,
                 }
         })?;
         let rule = &mut self.rules[pos];
+        if rule.skip > 0 {
+            rule.skip -= 1;
+            return None;
+        }
         rule.remaining -= 1;
-        let kind = rule.kind;
+        let taken = (rule.kind, rule.view.clone());
         if rule.remaining == 0 {
             self.rules.remove(pos);
         }
-        Some(kind)
+        Some(taken)
     }
 }
 
@@ -144,13 +175,24 @@ impl Control {
     /// Makes the next `count` requests matching `target` misbehave as `kind`. Rules are
     /// tried in the order they were added.
     pub fn inject(&self, kind: FaultKind, count: usize, target: Target) {
+        self.inject_after(0, kind, count, target);
+    }
+
+    /// Like [`inject`](Self::inject), but the first `skip` matching requests are served
+    /// normally (for example: the second transaction of a claim fails, the first commits).
+    pub fn inject_after(&self, skip: usize, kind: FaultKind, count: usize, target: Target) {
         if count == 0 {
             return;
         }
+        let view = kind
+            .is_stale_read()
+            .then(|| self.shared.store.lock().unwrap().kv_snapshot());
         self.shared.faults.lock().unwrap().rules.push(Rule {
             kind,
             target,
+            skip,
             remaining: count,
+            view,
         });
     }
 
@@ -184,11 +226,30 @@ impl Control {
 
     fn invalidate(&self, id: &str) -> bool {
         let mut store = self.shared.store.lock().unwrap();
-        let done = store.invalidate(id, tokio::time::Instant::now());
-        let index = store.index();
+        let done = store.destroy_session(id, tokio::time::Instant::now());
+        let index = store.raft_index();
         drop(store);
         self.shared.changed.send_replace(index);
         done
+    }
+
+    /// Models a leader election: the new leader restarts every session's timer at `TTL × 2`
+    /// from now (`initializeSessionTimers`), so sessions live longer than their last renew
+    /// alone would give them. Combine with [`FaultKind::Error500`] to model the requests
+    /// that fail while there is no leader.
+    pub fn change_leader(&self) {
+        self.shared
+            .store
+            .lock()
+            .unwrap()
+            .restart_session_timers(tokio::time::Instant::now());
+    }
+
+    /// Runs the leader's tombstone GC now (Consul's runs after `tombstone_ttl`): every
+    /// tombstone goes, so a listing whose highest index was a deleted key now reports a
+    /// lower index. Returns how many were reaped.
+    pub fn reap_tombstones(&self) -> usize {
+        self.shared.store.lock().unwrap().reap_tombstones()
     }
 
     /// Every live session.
@@ -208,9 +269,9 @@ impl Control {
             .collect()
     }
 
-    /// The current global index.
+    /// The last Raft index applied (every write takes one, even one that changes nothing).
     pub fn index(&self) -> u64 {
-        self.shared.store.lock().unwrap().index()
+        self.shared.store.lock().unwrap().raft_index()
     }
 
     /// Requests received so far, by `METHOD endpoint` (for example `PUT /v1/txn`,
@@ -230,8 +291,20 @@ impl Control {
             .store
             .lock()
             .unwrap()
+            .kv()
             .get(key)
             .map(|e| e.value.clone())
+    }
+
+    /// The `ModifyIndex` of the entry at `key`, bypassing HTTP.
+    pub fn kv_modify_index(&self, key: &str) -> Option<u64> {
+        self.shared
+            .store
+            .lock()
+            .unwrap()
+            .kv()
+            .get(key)
+            .map(|e| e.modify_index)
     }
 
     /// Every stored key under `prefix`, bypassing HTTP.
@@ -240,9 +313,9 @@ impl Control {
             .store
             .lock()
             .unwrap()
+            .kv()
             .list(prefix)
-            .into_iter()
-            .map(|(k, _)| k.to_string())
+            .map(|(k, _)| k.clone())
             .collect()
     }
 }

@@ -1,4 +1,5 @@
-//! The HTTP front: routes Consul API requests to the store, applying faults, ACLs and limits.
+//! The HTTP front: routes Consul API requests to the store, applying faults, ACLs and limits,
+//! with the status codes and bodies of Consul's `agent/*_endpoint.go` handlers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,17 +22,25 @@ use tokio::time::Instant;
 
 use crate::config::EmulatorConfig;
 use crate::duration;
-use crate::fault::{Control, FaultKind, FaultState, Shared};
-use crate::store::{Behavior, Entry, Store, StoreError};
+use crate::fault::{Control, FaultKind, FaultState, RequestKind, Shared};
+use crate::store::{Behavior, Entry, Kv, KvOp, Store, TxnOutcome};
 
-/// Consul's default blocking wait.
+/// Consul's default blocking wait (`default_query_time`).
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
-/// Consul's longest blocking wait.
+/// Consul's longest blocking wait (`max_query_time`).
 const MAX_WAIT: Duration = Duration::from_secs(600);
-/// Consul's default lock-delay.
+/// Consul's `structs.JitterFraction`: blocking queries wait up to `wait/16` longer.
+const JITTER_FRACTION: u32 = 16;
+/// The lock-delay a session gets when the request names none (`SessionCreate`).
 const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
-/// How often expired sessions are reaped.
-const REAP_EVERY: Duration = Duration::from_millis(10);
+/// `lockDelayMinThreshold`: numeric lock-delays below this many nanoseconds are seconds.
+const LOCK_DELAY_MIN_THRESHOLD: u64 = 1000;
+/// Consul's `structs.SessionTTLMax`.
+const SESSION_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
+/// The node every session belongs to.
+const NODE_NAME: &str = "emulator";
+/// How often the leader's session timers are checked.
+const TIMER_TICK: Duration = Duration::from_millis(10);
 
 /// A running Consul HTTP API emulator bound to `127.0.0.1` on a free port.
 ///
@@ -108,19 +117,20 @@ impl Emulator {
         let (stop, stopped) = watch::channel(false);
         let config = Arc::new(config);
 
-        let reaper = {
+        // The leader's session timers (`session_ttl.go`).
+        let timers = {
             let shared = shared.clone();
             let mut stopped = stopped.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(REAP_EVERY);
+                let mut tick = tokio::time::interval(TIMER_TICK);
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
                         _ = stopped.changed() => return,
                     }
                     let mut store = shared.store.lock().unwrap();
-                    if store.reap(Instant::now()) > 0 {
-                        let index = store.index();
+                    if store.expire_sessions(Instant::now()) > 0 {
+                        let index = store.raft_index();
                         drop(store);
                         shared.changed.send_replace(index);
                     }
@@ -162,7 +172,7 @@ impl Emulator {
             addr,
             control: Control { shared },
             stop,
-            tasks: vec![reaper, acceptor],
+            tasks: vec![timers, acceptor],
         })
     }
 
@@ -208,13 +218,39 @@ fn text(status: StatusCode, body: impl Into<String>) -> Resp {
     r
 }
 
+/// A request refused before it reached the store: a status and Consul's plain-text reason.
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn bad_request(why: impl Into<String>) -> Refusal {
+        Refusal(StatusCode::BAD_REQUEST, why.into())
+    }
+
+    fn into_resp(self) -> Resp {
+        text(self.0, self.1)
+    }
+}
+
+/// An RPC error as the agent's HTTP wrapper answers it: 500 with the error text.
+fn rpc_error(what: impl Into<String>) -> Resp {
+    text(StatusCode::INTERNAL_SERVER_ERROR, what)
+}
+
 fn json_resp(status: StatusCode, v: &Value) -> Resp {
     respond(status, serde_json::to_vec(v).unwrap())
 }
 
+/// `setMeta`: what every blocking-query endpoint reports. Consul never reports index 0, so
+/// that clients do not busy-loop.
 fn with_index(mut r: Resp, index: u64) -> Resp {
     let h = r.headers_mut();
     h.insert("x-consul-index", index.to_string().parse().unwrap());
+    with_leader(r)
+}
+
+/// `setKnownLeader` and `setLastContact`: all a read-only transaction reports.
+fn with_leader(mut r: Resp) -> Resp {
+    let h = r.headers_mut();
     h.insert("x-consul-knownleader", "true".parse().unwrap());
     h.insert("x-consul-lastcontact", "0".parse().unwrap());
     r
@@ -249,6 +285,46 @@ fn endpoint_name(method: &Method, path: &str) -> String {
     format!("{method} {ep}")
 }
 
+/// The query options `HTTPHandlers.parse` reads (`index`, `wait`; the consistency mode is
+/// read where faults are chosen).
+struct QueryOptions {
+    index: u64,
+    wait: Duration,
+}
+
+/// `parseConsistency` and `parseWait`, with their 400 answers.
+fn query_options(query: &HashMap<String, String>) -> Result<QueryOptions, Refusal> {
+    if query.contains_key("consistent") && query.contains_key("stale") {
+        return Err(Refusal::bad_request(
+            "Cannot specify ?stale with ?consistent, conflicting semantics.",
+        ));
+    }
+    let wait = match query.get("wait") {
+        Some(w) => duration::parse(w).ok_or_else(|| Refusal::bad_request("Invalid wait time"))?,
+        None => Duration::ZERO,
+    };
+    let index = match query.get("index") {
+        Some(i) => i
+            .parse()
+            .map_err(|_| Refusal::bad_request("Invalid index"))?,
+        None => 0,
+    };
+    Ok(QueryOptions { index, wait })
+}
+
+/// A Go `strconv.ParseUint` failure, which the KV handlers return as an error (500).
+fn parse_uint(name: &str, query: &HashMap<String, String>) -> Result<Option<u64>, Refusal> {
+    match query.get(name) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            Refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("strconv.ParseUint: parsing {v:?}: invalid syntax"),
+            )
+        }),
+    }
+}
+
 async fn handle(
     shared: Arc<Shared>,
     config: Arc<EmulatorConfig>,
@@ -259,33 +335,50 @@ async fn handle(
         return Ok(text(StatusCode::BAD_REQUEST, "invalid path encoding"));
     };
     let query = parse_query(req.uri().query());
-    let index_param: u64 = query.get("index").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let reports_index = method == Method::GET && path.starts_with("/v1/kv/");
-    let fault = {
-        let mut faults = shared.faults.lock().unwrap();
-        *faults
-            .counts
-            .entry(endpoint_name(&method, &path))
-            .or_default() += 1;
-        faults.take(&path, index_param > 0, reports_index)
+    shared
+        .faults
+        .lock()
+        .unwrap()
+        .counts
+        .entry(endpoint_name(&method, &path))
+        .and_modify(|n| *n += 1)
+        .or_insert(1);
+    let token = req
+        .headers()
+        .get("x-consul-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| query.get("token").cloned());
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Err(Dropped),
     };
+
+    // What this request is, for the faults it may consume.
+    let index_param: u64 = query.get("index").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let consistent = query.contains_key("consistent");
+    let kv_read = method == Method::GET && path.starts_with("/v1/kv/");
+    let txn = (path == "/v1/txn" && method == Method::PUT).then(|| decode_txn(&config, &body));
+    let read_only_txn = matches!(&txn, Some(Ok(ops)) if !ops.iter().any(KvOp::is_write));
+    let kind = RequestKind {
+        blocking: index_param > 0,
+        reports_index: kv_read,
+        may_be_stale: !consistent && ((kv_read && index_param == 0) || read_only_txn),
+    };
+    let fault = shared.faults.lock().unwrap().take(&path, kind);
+    let mut stale_view = None;
+    let mut index_fault = None;
     match fault {
-        Some(FaultKind::Error500) => {
-            return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "injected fault"));
-        }
-        Some(FaultKind::DropConnection) => return Err(Dropped),
-        Some(FaultKind::Delay(d)) => tokio::time::sleep(d).await,
-        _ => {}
+        Some((FaultKind::Error500, _)) => return Ok(rpc_error("injected fault")),
+        Some((FaultKind::DropConnection, _)) => return Err(Dropped),
+        Some((FaultKind::Delay(d), _)) => tokio::time::sleep(d).await,
+        Some((FaultKind::StaleRead, view)) => stale_view = view,
+        Some((other, _)) => index_fault = Some(other),
+        None => {}
     }
 
     if let Some(want) = &config.acl_token {
-        let given = req
-            .headers()
-            .get("x-consul-token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| query.get("token").cloned());
-        if given.as_deref() != Some(want.as_str()) {
+        if token.as_deref() != Some(want.as_str()) {
             return Ok(text(
                 StatusCode::FORBIDDEN,
                 "Permission denied: token with AccessorID '' lacks permission",
@@ -294,38 +387,41 @@ async fn handle(
     }
     if let Some(dc) = query.get("dc") {
         if dc != &config.datacenter {
-            return Ok(text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "No path to datacenter",
-            ));
+            return Ok(rpc_error("No path to datacenter"));
         }
     }
 
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Err(Dropped),
-    };
-
-    let index_fault = fault.filter(|f| f.is_index_fault());
     let resp = if let Some(key) = path.strip_prefix("/v1/kv/") {
         match method {
-            Method::GET => kv_get(&shared, &config, key, &query, index_param, index_fault).await,
+            Method::GET => {
+                let opts = match query_options(&query) {
+                    Ok(o) => o,
+                    Err(r) => return Ok(r.into_resp()),
+                };
+                kv_get(&shared, &config, key, &query, opts, index_fault, stale_view).await
+            }
             Method::PUT => kv_put(&shared, &config, key, &query, body),
             Method::DELETE => kv_delete(&shared, key, &query),
-            _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+            _ => method_not_allowed(&method),
         }
     } else if path == "/v1/txn" {
-        if method == Method::PUT {
-            txn(&shared, &config, &body)
-        } else {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        match txn {
+            Some(decoded) => txn_endpoint(&shared, &query, decoded, stale_view),
+            None => method_not_allowed(&method),
         }
     } else if let Some(rest) = path.strip_prefix("/v1/session/") {
-        session(&shared, &config, &method, rest, &body)
+        session(&shared, &config, &method, rest, &query, &body)
     } else {
         text(StatusCode::NOT_FOUND, "404 page not found")
     };
     Ok(resp)
+}
+
+fn method_not_allowed(method: &Method) -> Resp {
+    text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} not allowed"),
+    )
 }
 
 /// A KV entry as Consul renders it (typed, so large listings serialize quickly).
@@ -361,23 +457,8 @@ impl<'a> EntryOut<'a> {
     }
 }
 
-fn entry_json(key: &str, e: &Entry, with_value: bool) -> Value {
-    let mut v = json!({
-        "LockIndex": e.lock_index,
-        "Key": key,
-        "Flags": e.flags,
-        "Value": if with_value && !e.value.is_empty() { Value::String(B64.encode(&e.value)) } else { Value::Null },
-        "CreateIndex": e.create_index,
-        "ModifyIndex": e.modify_index,
-    });
-    if let Some(s) = &e.session {
-        v["Session"] = Value::String(s.clone());
-    }
-    v
-}
-
 fn notify(shared: &Shared, store: &Store) {
-    shared.changed.send_replace(store.index());
+    shared.changed.send_replace(store.raft_index());
 }
 
 /// Counts a blocking query while it waits, so tests can wait for one to be in flight.
@@ -396,115 +477,203 @@ impl Drop for BlockedGuard<'_> {
     }
 }
 
+/// What a KV read answers: the entries, and the index it reports.
+struct KvAnswer {
+    found: Vec<(String, Entry)>,
+    index: u64,
+}
+
+fn read_kv(kv: &Kv, key: &str, prefix: bool) -> KvAnswer {
+    if prefix {
+        KvAnswer {
+            found: kv.list(key).map(|(k, e)| (k.clone(), e.clone())).collect(),
+            index: kv.prefix_index(key),
+        }
+    } else {
+        KvAnswer {
+            found: kv
+                .get(key)
+                .map(|e| (key.to_string(), e.clone()))
+                .into_iter()
+                .collect(),
+            index: kv.key_index(key),
+        }
+    }
+}
+
+/// `GET /v1/kv/<key>` (`KVSGet`, `KVSGetKeys`) with Consul's blocking-query rules
+/// (`blockingquery.Query`): the query runs at once; if its index is not above `index` it
+/// re-runs only when what it read changes (its memdb watch channels fire), until the index
+/// is above `index` or `wait` (plus up to `wait/16`) has passed. A single key that stays
+/// missing keeps blocking (`ErrNotFound`: the second not-found run raises the index it
+/// waits for).
 async fn kv_get(
     shared: &Shared,
     config: &EmulatorConfig,
     key: &str,
     query: &HashMap<String, String>,
-    want: u64,
+    opts: QueryOptions,
     index_fault: Option<FaultKind>,
+    stale_view: Option<Arc<Kv>>,
 ) -> Resp {
     let recurse = query.contains_key("recurse");
     let keys = query.contains_key("keys");
-    let wait = match query.get("wait") {
-        Some(w) => match duration::parse(w) {
-            Some(d) => d.min(MAX_WAIT),
-            None => return text(StatusCode::BAD_REQUEST, "Invalid wait time"),
-        },
-        None => DEFAULT_WAIT,
+    let prefix = recurse || keys;
+    if key.is_empty() && !prefix {
+        return text(StatusCode::BAD_REQUEST, "Missing key name");
+    }
+    let want = opts.index;
+    if let Some(view) = stale_view {
+        let answer = read_kv(&view, key, prefix);
+        return render_kv(answer, key, query, None, want).await;
+    }
+    let wait = if opts.wait.is_zero() {
+        DEFAULT_WAIT
+    } else {
+        opts.wait.min(MAX_WAIT)
     };
     let jitter = if config.jitter && want > 0 {
-        let max = (wait / 16).as_millis() as u64;
+        let max = (wait / JITTER_FRACTION).as_millis() as u64;
         Duration::from_millis(rand::rng().random_range(0..=max))
     } else {
         Duration::ZERO
     };
     let deadline = Instant::now() + wait + jitter;
     let mut changes = shared.changed.subscribe();
+    let mut min = want;
+    let mut not_found_before = false;
+    let mut last = None;
     loop {
         changes.borrow_and_update();
-        // Cheap index check first: only a query about to answer builds its body.
-        let index = {
+        let run = {
             let store = shared.store.lock().unwrap();
-            if recurse || keys {
-                store.prefix_index(key)
+            let kv = store.kv();
+            let watched = kv.watched(key, prefix);
+            if last == Some(watched) {
+                None
             } else {
-                store.key_index(key)
+                last = Some(watched);
+                let index = if prefix {
+                    kv.prefix_index(key)
+                } else {
+                    kv.key_index(key)
+                };
+                Some((index.max(1), prefix || kv.get(key).is_some()))
             }
         };
-        let ready =
-            want == 0 || index.max(1) > want || index_fault.is_some() || Instant::now() >= deadline;
-        if !ready {
-            let _blocked = BlockedGuard::new(shared);
-            tokio::select! {
-                r = changes.changed() => { if r.is_err() { return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"); } }
-                _ = tokio::time::sleep_until(deadline) => {}
-            }
-            continue;
-        }
-        // Copy what the answer needs under the lock; render it outside, so that a large
-        // listing does not hold up every other request.
-        let (found, index) = {
-            let store = shared.store.lock().unwrap();
-            if recurse || keys {
-                let items: Vec<(String, Entry)> = store
-                    .list(key)
-                    .into_iter()
-                    .map(|(k, e)| (k.to_string(), e.clone()))
-                    .collect();
-                (items, store.prefix_index(key))
-            } else {
-                let items = store
-                    .get(key)
-                    .map(|e| (key.to_string(), e.clone()))
-                    .into_iter()
-                    .collect();
-                (items, store.key_index(key))
-            }
-        };
-        let large = found.len() > 256;
-        let render = move || -> (StatusCode, Vec<u8>) {
-            if found.is_empty() {
-                (StatusCode::NOT_FOUND, Vec::new())
-            } else if keys {
-                let names: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
-                (StatusCode::OK, serde_json::to_vec(&names).unwrap())
-            } else {
-                let all: Vec<EntryOut<'_>> = found
-                    .iter()
-                    .map(|(k, e)| EntryOut::new(k, e, true))
-                    .collect();
-                (StatusCode::OK, serde_json::to_vec(&all).unwrap())
-            }
-        };
-        let (status, body) = if large {
-            match tokio::task::spawn_blocking(render).await {
-                Ok(r) => r,
-                Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "render failed"),
-            }
-        } else {
-            render()
-        };
-        // Consul never reports 0, so that clients do not busy-loop.
-        let index = index.max(1);
-        let done = want == 0 || index > want || index_fault.is_some() || Instant::now() >= deadline;
-        if done {
-            let reported = match index_fault {
-                Some(FaultKind::IndexBackwards) => {
-                    want.saturating_sub(1).max(index / 2).min(index - 1).max(1)
+        if let Some((index, found)) = run {
+            if !found {
+                if not_found_before {
+                    min = index;
                 }
-                Some(FaultKind::IndexReset) => 1,
-                Some(FaultKind::IndexZero) => 0,
-                _ => index,
-            };
-            let r = respond(status, body);
-            return with_index(r, reported);
+                not_found_before = true;
+            }
+            if index > min || index_fault.is_some() {
+                break;
+            }
         }
+        if Instant::now() >= deadline {
+            break;
+        }
+        let _blocked = BlockedGuard::new(shared);
         tokio::select! {
-            r = changes.changed() => { if r.is_err() { return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"); } }
+            r = changes.changed() => {
+                if r.is_err() {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
+    // Nothing the query read changed since its last run, so this is that run's answer.
+    let answer = {
+        let store = shared.store.lock().unwrap();
+        read_kv(store.kv(), key, prefix)
+    };
+    render_kv(answer, key, query, index_fault, want).await
+}
+
+async fn render_kv(
+    answer: KvAnswer,
+    key: &str,
+    query: &HashMap<String, String>,
+    index_fault: Option<FaultKind>,
+    want: u64,
+) -> Resp {
+    let keys = query.contains_key("keys");
+    let raw = query.contains_key("raw") && !query.contains_key("recurse") && !keys;
+    let separator = query
+        .get("separator")
+        .or_else(|| query.get("seperator"))
+        .cloned()
+        .unwrap_or_default();
+    let index = answer.index.max(1);
+    let reported = match index_fault {
+        Some(FaultKind::IndexBackwards) => {
+            want.saturating_sub(1).max(index / 2).min(index - 1).max(1)
+        }
+        Some(FaultKind::IndexReset) => 1,
+        Some(FaultKind::IndexZero) => 0,
+        _ => index,
+    };
+    let found = answer.found;
+    let prefix = key.to_string();
+    let large = found.len() > 256;
+    let render = move || -> Resp {
+        if keys {
+            let mut names: Vec<&str> = Vec::new();
+            for (k, _) in &found {
+                let name = match k[prefix.len()..].find(separator.as_str()) {
+                    Some(at) if !separator.is_empty() => &k[..prefix.len() + at + separator.len()],
+                    _ => k.as_str(),
+                };
+                if names.last() != Some(&name) {
+                    names.push(name);
+                }
+            }
+            // An empty root listing is `[]`; any other empty listing is a 404.
+            if names.is_empty() && !prefix.is_empty() {
+                return respond(StatusCode::NOT_FOUND, Vec::new());
+            }
+            return respond(StatusCode::OK, serde_json::to_vec(&names).unwrap());
+        }
+        if found.is_empty() {
+            return respond(StatusCode::NOT_FOUND, Vec::new());
+        }
+        if raw {
+            let mut r = respond(StatusCode::OK, found[0].1.value.clone());
+            r.headers_mut()
+                .insert("content-type", "text/plain".parse().unwrap());
+            return r;
+        }
+        let all: Vec<EntryOut<'_>> = found
+            .iter()
+            .map(|(k, e)| EntryOut::new(k, e, true))
+            .collect();
+        respond(StatusCode::OK, serde_json::to_vec(&all).unwrap())
+    };
+    let r = if large {
+        match tokio::task::spawn_blocking(render).await {
+            Ok(r) => r,
+            Err(_) => return rpc_error("render failed"),
+        }
+    } else {
+        render()
+    };
+    with_index(r, reported)
+}
+
+/// `conflictingFlags`: at most one of `flags` may be given.
+fn conflicting(query: &HashMap<String, String>, flags: &[&str]) -> Option<Resp> {
+    if flags.iter().filter(|f| query.contains_key(**f)).count() > 1 {
+        let mut given: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        given.sort();
+        return Some(text(
+            StatusCode::BAD_REQUEST,
+            format!("Conflicting flags: {}\n", given.join("&")),
+        ));
+    }
+    None
 }
 
 fn too_large(size: usize, max: usize) -> Resp {
@@ -516,6 +685,7 @@ fn too_large(size: usize, max: usize) -> Resp {
     )
 }
 
+/// `PUT /v1/kv/<key>` (`KVSPut`, then `KVS.Apply`).
 fn kv_put(
     shared: &Shared,
     config: &EmulatorConfig,
@@ -526,47 +696,68 @@ fn kv_put(
     if key.is_empty() {
         return text(StatusCode::BAD_REQUEST, "Missing key name");
     }
+    if let Some(r) = conflicting(query, &["cas", "acquire", "release"]) {
+        return r;
+    }
+    let flags = match parse_uint("flags", query) {
+        Ok(f) => f.unwrap_or(0),
+        Err(r) => return r.into_resp(),
+    };
+    let cas = match parse_uint("cas", query) {
+        Ok(c) => c,
+        Err(r) => return r.into_resp(),
+    };
     if body.len() > config.max_value_bytes {
         return too_large(body.len(), config.max_value_bytes);
     }
-    let flags: u64 = query.get("flags").and_then(|f| f.parse().ok()).unwrap_or(0);
+    let value = body.to_vec();
     let mut store = shared.store.lock().unwrap();
     let now = Instant::now();
     let ok = if let Some(session) = query.get("acquire") {
-        match store.acquire(key, body.to_vec(), flags, session, now, None) {
-            Ok(e) => e.is_some(),
-            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        // Lock-delay is enforced by the leader before Raft (`kvsPreApply`): a plain `false`.
+        if store.lock_delayed(key, now) {
+            return respond(StatusCode::OK, "false");
+        }
+        match store.put_acquire(key, value, flags, session) {
+            Ok(ok) => ok,
+            Err(e) => return rpc_error(e),
         }
     } else if let Some(session) = query.get("release") {
-        match store.release(key, Some(body.to_vec()), flags, session, None) {
-            Ok(e) => e.is_some(),
-            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        match store.put_release(key, value, flags, session) {
+            Ok(ok) => ok,
+            Err(e) => return rpc_error(e),
         }
-    } else if let Some(cas) = query.get("cas") {
-        let Ok(cas) = cas.parse::<u64>() else {
-            return text(StatusCode::BAD_REQUEST, "Invalid CAS index");
-        };
-        store.cas(key, body.to_vec(), flags, cas, None).is_some()
+    } else if let Some(cas) = cas {
+        store.put_cas(key, value, flags, cas)
     } else {
-        store.set(key, body.to_vec(), flags, None);
+        store.put(key, value, flags);
         true
     };
     notify(shared, &store);
     respond(StatusCode::OK, if ok { "true" } else { "false" })
 }
 
+/// `DELETE /v1/kv/<key>` (`KVSDelete`).
 fn kv_delete(shared: &Shared, key: &str, query: &HashMap<String, String>) -> Resp {
+    if let Some(r) = conflicting(query, &["recurse", "cas"]) {
+        return r;
+    }
+    let recurse = query.contains_key("recurse");
+    if key.is_empty() && !recurse {
+        return text(StatusCode::BAD_REQUEST, "Missing key name");
+    }
+    let cas = match parse_uint("cas", query) {
+        Ok(c) => c,
+        Err(r) => return r.into_resp(),
+    };
     let mut store = shared.store.lock().unwrap();
-    let ok = if query.contains_key("recurse") {
-        store.delete_tree(key, None);
+    let ok = if recurse {
+        store.delete_tree(key);
         true
-    } else if let Some(cas) = query.get("cas") {
-        let Ok(cas) = cas.parse::<u64>() else {
-            return text(StatusCode::BAD_REQUEST, "Invalid CAS index");
-        };
-        store.delete_cas(key, cas, None)
+    } else if let Some(cas) = cas {
+        store.delete_cas(key, cas)
     } else {
-        store.delete(key, None);
+        store.delete(key);
         true
     };
     notify(shared, &store);
@@ -574,14 +765,14 @@ fn kv_delete(shared: &Shared, key: &str, query: &HashMap<String, String>) -> Res
 }
 
 #[derive(serde::Deserialize)]
-struct TxnOp {
+struct TxnOpIn {
     #[serde(rename = "KV")]
-    kv: Option<KvOp>,
+    kv: Option<KvOpIn>,
 }
 
 #[derive(serde::Deserialize)]
-struct KvOp {
-    #[serde(rename = "Verb")]
+struct KvOpIn {
+    #[serde(rename = "Verb", default)]
     verb: String,
     #[serde(rename = "Key", default)]
     key: String,
@@ -595,48 +786,44 @@ struct KvOp {
     session: String,
 }
 
-fn txn(shared: &Shared, config: &EmulatorConfig, body: &[u8]) -> Resp {
-    if body.len() > config.txn_max_request_bytes {
-        return too_large(body.len(), config.txn_max_request_bytes);
+/// `convertOps`: the body limit, decoding, the operation limit and the value limit, each
+/// answered as Consul does.
+fn decode_txn(config: &EmulatorConfig, body: &[u8]) -> Result<Vec<KvOp>, Refusal> {
+    let max_len = config.txn_max_request_bytes.max(config.max_value_bytes);
+    if body.len() > max_len {
+        return Err(Refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body too large, max size: {max_len} bytes"),
+        ));
     }
-    let ops: Vec<TxnOp> = match serde_json::from_slice(body) {
-        Ok(ops) => ops,
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("Failed to parse body: {e}"),
-            );
-        }
-    };
+    let parse_error = |e: String| Refusal::bad_request(format!("Failed to parse body: {e}"));
+    let ops: Vec<TxnOpIn> = serde_json::from_slice(body).map_err(|e| parse_error(e.to_string()))?;
     if ops.len() > config.txn_max_ops {
-        return text(
+        return Err(Refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "Transaction contains too many operations ({} > {})",
                 ops.len(),
                 config.txn_max_ops
             ),
-        );
+        ));
     }
-    let mut kv_ops = Vec::with_capacity(ops.len());
+    let mut out = Vec::with_capacity(ops.len());
     for op in ops {
         let Some(kv) = op.kv else {
-            return text(StatusCode::BAD_REQUEST, "only KV operations are emulated");
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "the emulator only implements KV operations in transactions".into(),
+            ));
         };
         let value = match &kv.value {
-            Some(v) => match B64.decode(v) {
-                Ok(v) => v,
-                Err(_) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        "Failed to parse body: bad base64 value",
-                    );
-                }
-            },
+            Some(v) => B64
+                .decode(v)
+                .map_err(|e| parse_error(format!("failed to decode value: {e}")))?,
             None => Vec::new(),
         };
         if value.len() > config.max_value_bytes {
-            return text(
+            return Err(Refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "Value for key {:?} is too large ({} > {} bytes)",
@@ -644,123 +831,73 @@ fn txn(shared: &Shared, config: &EmulatorConfig, body: &[u8]) -> Resp {
                     value.len(),
                     config.max_value_bytes
                 ),
-            );
+            ));
         }
-        kv_ops.push((kv, value));
+        out.push(KvOp {
+            verb: kv.verb,
+            key: kv.key,
+            value,
+            flags: kv.flags,
+            index: kv.index,
+            session: kv.session,
+        });
     }
+    Ok(out)
+}
 
-    let mut store = shared.store.lock().unwrap();
-    let saved_kv_index = store.kv_index();
-    let idx = store.begin();
+/// `PUT /v1/txn` (`Txn`): a transaction without writes goes to `Txn.Read`, outside Raft,
+/// with the request's consistency mode and only the leader headers; anything else to
+/// `Txn.Apply`. A failed transaction is answered 409 with every failed operation.
+fn txn_endpoint(
+    shared: &Shared,
+    query: &HashMap<String, String>,
+    decoded: Result<Vec<KvOp>, Refusal>,
+    stale_view: Option<Arc<Kv>>,
+) -> Resp {
+    let ops = match decoded {
+        Ok(ops) => ops,
+        Err(r) => return r.into_resp(),
+    };
     let now = Instant::now();
-    let mut results = Vec::new();
-    let mut errors = Vec::new();
-    for (i, (op, value)) in kv_ops.into_iter().enumerate() {
-        let key = op.key.as_str();
-        let outcome: Result<Vec<Value>, String> = match op.verb.as_str() {
-            "set" => Ok(vec![entry_json(
-                key,
-                &store.set(key, value, op.flags, Some(idx)),
-                false,
-            )]),
-            "cas" => match store.cas(key, value, op.flags, op.index, Some(idx)) {
-                Some(e) => Ok(vec![entry_json(key, &e, false)]),
-                None => Err(format!("failed to set key {key:?}, index is stale")),
-            },
-            "lock" => match store.acquire(key, value, op.flags, &op.session, now, Some(idx)) {
-                Ok(Some(e)) => Ok(vec![entry_json(key, &e, false)]),
-                Ok(None) => Err(format!(
-                    "failed to lock key {key:?}, lock is already held or lock-delay is in effect"
-                )),
-                Err(StoreError::InvalidSession(s)) => {
-                    Err(format!("failed to lock key {key:?}: invalid session {s:?}"))
-                }
-            },
-            "unlock" => match store.release(key, Some(value), op.flags, &op.session, Some(idx)) {
-                Ok(Some(e)) => Ok(vec![entry_json(key, &e, false)]),
-                Ok(None) => Err(format!(
-                    "failed to unlock key {key:?}, lock isn't held, or is held by another session"
-                )),
-                Err(StoreError::InvalidSession(s)) => Err(format!(
-                    "failed to unlock key {key:?}: invalid session {s:?}"
-                )),
-            },
-            "get" => match store.get(key) {
-                Some(e) => Ok(vec![entry_json(key, e, true)]),
-                None => Err(format!("key {key:?} doesn't exist")),
-            },
-            "get-or-empty" => Ok(vec![match store.get(key) {
-                Some(e) => entry_json(key, e, true),
-                None => {
-                    json!({"LockIndex": 0, "Key": key, "Flags": 0, "Value": null, "CreateIndex": 0, "ModifyIndex": 0})
-                }
-            }]),
-            "get-tree" => Ok(store
-                .list(key)
-                .iter()
-                .map(|(k, e)| entry_json(k, e, true))
-                .collect()),
-            "check-index" => match store.get(key) {
-                Some(e) if e.modify_index == op.index => Ok(vec![entry_json(key, e, false)]),
-                Some(e) => Err(format!(
-                    "current modify index {} != {}",
-                    e.modify_index, op.index
-                )),
-                None => Err(format!("key {key:?} doesn't exist")),
-            },
-            "check-session" => match store.get(key) {
-                Some(e) if e.session.as_deref() == Some(op.session.as_str()) => {
-                    Ok(vec![entry_json(key, e, false)])
-                }
-                Some(e) => Err(format!(
-                    "failed session check for key {key:?}, current session {:?} != {:?}",
-                    e.session.clone().unwrap_or_default(),
-                    op.session
-                )),
-                None => Err(format!("key {key:?} doesn't exist")),
-            },
-            "check-not-exists" => match store.get(key) {
-                Some(_) => Err(format!("key {key:?} exists")),
-                None => Ok(vec![]),
-            },
-            "delete" => {
-                store.delete(key, Some(idx));
-                Ok(vec![])
-            }
-            "delete-tree" => {
-                store.delete_tree(key, Some(idx));
-                Ok(vec![])
-            }
-            "delete-cas" => {
-                if store.delete_cas(key, op.index, Some(idx)) {
-                    Ok(vec![])
-                } else {
-                    Err(format!("failed to delete key {key:?}, index is stale"))
-                }
-            }
-            other => {
-                drop(store);
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!("Unknown KV verb {other:?}"),
-                );
-            }
-        };
-        match outcome {
-            Ok(rs) => results.extend(rs.into_iter().map(|kv| json!({ "KV": kv }))),
-            Err(what) => errors.push(json!({"OpIndex": i, "What": what})),
+    if !ops.iter().any(KvOp::is_write) {
+        if let Err(r) = query_options(query) {
+            return r.into_resp();
         }
+        let store = shared.store.lock().unwrap();
+        let outcome = match &stale_view {
+            Some(view) => store.txn_read(view, &ops, now),
+            None => store.txn_read(store.kv(), &ops, now),
+        };
+        return with_leader(txn_response(outcome));
     }
-    if errors.is_empty() {
-        store.commit(idx);
-        notify(shared, &store);
-        json_resp(StatusCode::OK, &json!({"Results": results, "Errors": null}))
-    } else {
-        store.rollback(saved_kv_index);
-        json_resp(
-            StatusCode::CONFLICT,
-            &json!({"Results": null, "Errors": errors}),
-        )
+    let mut store = shared.store.lock().unwrap();
+    let outcome = store.txn_apply(&ops, now);
+    notify(shared, &store);
+    txn_response(outcome)
+}
+
+fn txn_response(outcome: TxnOutcome) -> Resp {
+    match outcome {
+        Ok(results) => {
+            let results: Vec<Value> = results
+                .iter()
+                .map(|(k, e, shown)| json!({ "KV": EntryOut::new(k, e, *shown) }))
+                .collect();
+            json_resp(
+                StatusCode::OK,
+                &json!({ "Results": results, "Errors": null }),
+            )
+        }
+        Err(errors) => {
+            let errors: Vec<Value> = errors
+                .iter()
+                .map(|(i, what)| json!({ "OpIndex": i, "What": what }))
+                .collect();
+            json_resp(
+                StatusCode::CONFLICT,
+                &json!({ "Results": null, "Errors": errors }),
+            )
+        }
     }
 }
 
@@ -768,10 +905,11 @@ fn session_json(s: &crate::store::Session) -> Value {
     json!({
         "ID": s.id,
         "Name": s.name,
-        "Node": "emulator",
+        "Node": NODE_NAME,
         "LockDelay": s.lock_delay.as_nanos() as u64,
         "Behavior": match s.behavior { Behavior::Release => "release", Behavior::Delete => "delete" },
-        "TTL": s.ttl.map(duration::format).unwrap_or_default(),
+        "TTL": s.ttl_text,
+        "Checks": [],
         "NodeChecks": [],
         "ServiceChecks": null,
         "CreateIndex": s.create_index,
@@ -791,36 +929,45 @@ struct CreateSession {
     behavior: String,
 }
 
+/// `FixupLockDelay`: a duration string or nanoseconds; values under 1000 ns are seconds.
+/// A bad string fails the body's decoding.
 fn parse_lock_delay(v: Option<&Value>) -> Result<Duration, String> {
     let d = match v {
         None | Some(Value::Null) => return Ok(DEFAULT_LOCK_DELAY),
         Some(Value::String(s)) => {
-            duration::parse(s).ok_or_else(|| format!("invalid LockDelay {s:?}"))?
+            duration::parse(s).ok_or_else(|| format!("time: invalid duration {s:?}"))?
         }
-        Some(Value::Number(n)) => Duration::from_nanos(n.as_u64().ok_or("invalid LockDelay")?),
+        Some(Value::Number(n)) => Duration::from_nanos(n.as_f64().unwrap_or(0.0).max(0.0) as u64),
         Some(_) => return Err("invalid LockDelay".into()),
     };
-    // Consul reads values under 1000 ns as seconds (FixupLockDelay).
-    let d = if d < Duration::from_nanos(1000) {
+    Ok(if d.as_nanos() < u128::from(LOCK_DELAY_MIN_THRESHOLD) {
         Duration::from_secs(d.as_nanos() as u64)
     } else {
         d
-    };
-    if d > Duration::from_secs(60) {
-        return Err("LockDelay must be at most 60s".into());
-    }
-    Ok(d)
+    })
 }
 
+/// The `/v1/session/` endpoints (`agent/session_endpoint.go`, `Session.Apply`,
+/// `Session.Renew`).
 fn session(
     shared: &Shared,
     config: &EmulatorConfig,
     method: &Method,
     rest: &str,
+    query: &HashMap<String, String>,
     body: &[u8],
 ) -> Resp {
     let (op, id) = rest.split_once('/').unwrap_or((rest, ""));
     let now = Instant::now();
+    let needs_id = matches!(op, "renew" | "destroy" | "info");
+    if needs_id && id.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "Missing session");
+    }
+    if matches!(op, "renew" | "info" | "list" | "node") {
+        if let Err(r) = query_options(query) {
+            return r.into_resp();
+        }
+    }
     match (method, op) {
         (&Method::PUT, "create") => {
             let req: CreateSession = if body.is_empty() {
@@ -836,42 +983,44 @@ fn session(
                     }
                 }
             };
-            let ttl = if req.ttl.is_empty() {
-                None
-            } else {
-                match duration::parse(&req.ttl) {
-                    Some(t) if t.is_zero() => None,
-                    Some(t) if t >= config.min_session_ttl && t <= Duration::from_secs(86400) => {
-                        Some(t)
-                    }
-                    _ => {
-                        return text(
-                            StatusCode::BAD_REQUEST,
-                            format!(
-                                "Invalid Session TTL '{}', must be between [{}=24h0m0s]",
-                                req.ttl,
-                                duration::format(config.min_session_ttl)
-                            ),
-                        );
-                    }
-                }
-            };
             let lock_delay = match parse_lock_delay(req.lock_delay.as_ref()) {
                 Ok(d) => d,
-                Err(e) => return text(StatusCode::BAD_REQUEST, e),
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("Request decode failed: {e}"),
+                    );
+                }
             };
             let behavior = match req.behavior.as_str() {
                 "" | "release" => Behavior::Release,
                 "delete" => Behavior::Delete,
-                other => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!("Invalid Behavior setting '{other}'"),
-                    );
+                other => return rpc_error(format!("Invalid Behavior setting '{other}'")),
+            };
+            let ttl = if req.ttl.is_empty() {
+                None
+            } else {
+                match duration::parse(&req.ttl) {
+                    None => {
+                        return rpc_error(format!(
+                            "Session TTL '{}' invalid: time: invalid duration {:?}",
+                            req.ttl, req.ttl
+                        ));
+                    }
+                    Some(t) if t.is_zero() => None,
+                    Some(t) if t < config.min_session_ttl || t > SESSION_TTL_MAX => {
+                        return rpc_error(format!(
+                            "Invalid Session TTL '{}', must be between [{}={}]",
+                            t.as_nanos(),
+                            duration::format(config.min_session_ttl),
+                            duration::format(SESSION_TTL_MAX)
+                        ));
+                    }
+                    Some(t) => Some(t),
                 }
             };
             let mut store = shared.store.lock().unwrap();
-            let id = store.create_session(req.name, ttl, lock_delay, behavior, now);
+            let id = store.create_session(req.name, req.ttl, ttl, lock_delay, behavior, now);
             notify(shared, &store);
             json_resp(StatusCode::OK, &json!({ "ID": id }))
         }
@@ -887,7 +1036,7 @@ fn session(
         }
         (&Method::PUT, "destroy") => {
             let mut store = shared.store.lock().unwrap();
-            store.invalidate(id, now);
+            store.destroy_session(id, now);
             notify(shared, &store);
             respond(StatusCode::OK, "true")
         }
@@ -897,13 +1046,24 @@ fn session(
                 Some(s) => json!([session_json(s)]),
                 None => json!([]),
             };
-            with_index(json_resp(StatusCode::OK, &body), store.index())
+            with_index(
+                json_resp(StatusCode::OK, &body),
+                store.sessions_index().max(1),
+            )
         }
-        (&Method::GET, "list") => {
+        (&Method::GET, "list" | "node") => {
             let store = shared.store.lock().unwrap();
-            let all: Vec<Value> = store.sessions().iter().map(session_json).collect();
-            with_index(json_resp(StatusCode::OK, &Value::Array(all)), store.index())
+            let all: Vec<Value> = store
+                .sessions()
+                .iter()
+                .filter(|_| op == "list" || id == NODE_NAME)
+                .map(session_json)
+                .collect();
+            with_index(
+                json_resp(StatusCode::OK, &Value::Array(all)),
+                store.sessions_index().max(1),
+            )
         }
-        _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        _ => method_not_allowed(method),
     }
 }
