@@ -1008,6 +1008,7 @@ impl Coordinator for ConsulCoordinator {
             trigger_seq: TriggerSeq(r[0].modify_index),
             parked: (r[2].modify_index != 0)
                 .then(|| String::from_utf8_lossy(&r[2].value).into_owned()),
+            wake_at: None,
         }))
     }
 
@@ -1053,6 +1054,7 @@ impl Coordinator for ConsulCoordinator {
                     parked: e
                         .park
                         .map(|p| String::from_utf8_lossy(&p.value).into_owned()),
+                    wake_at: None,
                 })
             })
             .collect();

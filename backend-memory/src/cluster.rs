@@ -1,4 +1,4 @@
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -7,7 +7,7 @@ use foldhash::fast::RandomState;
 use keyloop_core::{CoordinatorEvent, Key, NodeId};
 use tokio::time::Instant;
 
-use crate::record::{KeyRecord, NodeEntry};
+use crate::record::{KeyRecord, NodeEntry, Wake};
 use crate::{MemoryConfig, MemoryCoordinator};
 
 const SHARDS: usize = 64;
@@ -50,6 +50,7 @@ impl MemoryCluster {
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 nodes: RwLock::new(HashMap::new()),
                 pending: Mutex::new(VecDeque::new()),
+                sleeping: Mutex::new(BTreeSet::new()),
                 signalled: AtomicBool::new(false),
             }),
         }
@@ -155,6 +156,10 @@ pub(crate) struct ClusterState {
     /// Keys that may be claimable. May hold stale entries; `KeyRecord::queued` prevents
     /// duplicates. Lock order: a shard, then `pending`; never the reverse.
     pub(crate) pending: Mutex<VecDeque<Key>>,
+    /// Sleeping keys by due time (cluster-clock nanoseconds). May hold stale entries (a key
+    /// triggered, retired or put to sleep again); the record's own wake-up is the truth.
+    /// Lock order: a shard, then `sleeping`; never the reverse.
+    pub(crate) sleeping: Mutex<BTreeSet<(u64, Key)>>,
     /// Whether `KeysAvailable` went out since the last claim started: one broadcast per
     /// drain of the queue instead of one per queued key.
     signalled: AtomicBool,
@@ -204,6 +209,55 @@ impl ClusterState {
         for node in self.live_nodes(now) {
             node.send(CoordinatorEvent::KeysAvailable);
         }
+    }
+
+    /// Puts a key to sleep until `wake` (caller holds the key's shard lock).
+    pub(crate) fn sleep(&self, key: &Key, record: &mut KeyRecord, wake: Wake) {
+        self.unsleep(key, record);
+        record.set_wake(Some(wake));
+        self.sleeping.lock().unwrap().insert((wake.due, key.clone()));
+    }
+
+    /// Drops a key's wake-up, if it has one (caller holds the key's shard lock).
+    pub(crate) fn unsleep(&self, key: &Key, record: &mut KeyRecord) {
+        if let Some(wake) = record.wake() {
+            self.sleeping.lock().unwrap().remove(&(wake.due, key.clone()));
+            record.set_wake(None);
+        }
+    }
+
+    /// Queues every sleeping key that is due.
+    pub(crate) fn wake_due(&self) {
+        let now = self.now_nanos();
+        let due: Vec<(u64, Key)> = {
+            let mut sleeping = self.sleeping.lock().unwrap();
+            let mut due = Vec::new();
+            while let Some(first) = sleeping.first() {
+                if first.0 > now {
+                    break;
+                }
+                due.extend(sleeping.pop_first());
+            }
+            due
+        };
+        for (at, key) in due {
+            let mut shard = self.shard(&key).lock().unwrap();
+            if let Some(record) = shard.keys.get_mut(&key) {
+                if record.wake().is_some_and(|w| w.due == at) {
+                    record.set_wake(None);
+                    if record.owner.is_none() && record.parked().is_none() {
+                        self.enqueue(&key, record);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long until the earliest sleeping key is due.
+    pub(crate) fn next_wake(&self) -> Option<std::time::Duration> {
+        let now = self.now_nanos();
+        let first = self.sleeping.lock().unwrap().first().map(|(at, _)| *at)?;
+        Some(std::time::Duration::from_nanos(first.saturating_sub(now)))
     }
 
     /// Puts a claimable key in the pending queue (caller holds the key's shard lock).

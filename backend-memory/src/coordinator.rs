@@ -1,18 +1,18 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use keyloop_core::{
     Claim, ClusterSnapshot, Coordinator, CoordinatorError, CoordinatorEvent, Epoch, EventSink, Key,
     KeyInfo, Lease, Limits, NodeId, NodeInfo, NodeSnapshot, Release, Released, TriggerOutcome,
-    TriggerSeq,
+    TriggerSeq, WakeTime,
 };
 use tokio::time::Instant;
 
 use crate::cluster::ClusterState;
-use crate::record::{KeyRecord, NodeEntry};
+use crate::record::{KeyRecord, NodeEntry, Wake};
 
 /// One node's handle on a [`MemoryCluster`](crate::MemoryCluster).
 #[derive(Clone)]
@@ -61,6 +61,8 @@ impl MemoryCoordinator {
             };
             record.seq = seq;
             record.set_parked(None);
+            // A trigger runs a sleeping key at once; its wake-up is dropped.
+            self.state.unsleep(key, record);
             // No clock here: an owner whose lease ran out but was not reaped yet gets a
             // harmless hint; the reaper queues its keys at the next claim.
             let owner = record.owner.as_ref().filter(|o| !o.is_gone());
@@ -92,7 +94,10 @@ impl MemoryCoordinator {
     }
 
     fn claimable(&self, record: &KeyRecord, node: NodeId, now: u64, at: Instant) -> bool {
-        record.owner_gone(now) && record.parked().is_none() && !record.avoided_by(node, at)
+        record.owner_gone(now)
+            && record.parked().is_none()
+            && record.wake().is_none_or(|w| w.due <= now)
+            && !record.avoided_by(node, at)
     }
 
     fn grant(&self, node: &Arc<NodeEntry>, key: &Key, epoch: u64, record: &mut KeyRecord) -> Claim {
@@ -181,6 +186,7 @@ impl Coordinator for MemoryCoordinator {
 
     async fn claim(&self, node: &NodeId, max: usize) -> Result<Vec<Claim>, CoordinatorError> {
         self.state.reap_expired();
+        self.state.wake_due();
         let entry = self.live_node(node)?;
         self.state.claim_started();
         let at = Instant::now();
@@ -244,6 +250,7 @@ impl Coordinator for MemoryCoordinator {
         // The key may still sit in the pending queue; `claim` drops it there as owned.
         let epoch = shard.next_epoch();
         let record = shard.keys.get_mut(key).expect("present");
+        self.state.unsleep(key, record);
         Ok(Some(self.grant(&entry, key, epoch, record)))
     }
 
@@ -275,6 +282,27 @@ impl Coordinator for MemoryCoordinator {
                         record.add_avoid(*node, now + avoid_for, now);
                     }
                     self.state.enqueue(key, record);
+                    true
+                }
+                Release::Sleep {
+                    observed_seq,
+                    until,
+                } => {
+                    if record.seq > observed_seq.0 {
+                        return Ok(Released::Retriggered {
+                            seq: TriggerSeq(record.seq),
+                        });
+                    }
+                    record.owner = None;
+                    let now = self.state.now_nanos();
+                    let wall_now = SystemTime::now();
+                    let (delay, wall) = match until {
+                        WakeTime::After(delay) => (delay, wall_now + delay),
+                        WakeTime::At(at) => (at.duration_since(wall_now).unwrap_or_default(), at),
+                    };
+                    let due = now.saturating_add(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX));
+                    self.state.sleep(key, record, Wake { due, wall });
+                    // Live nodes learn the new earliest wake-up at their next claim.
                     true
                 }
                 Release::Park {
@@ -345,6 +373,10 @@ impl Coordinator for MemoryCoordinator {
         Ok(())
     }
 
+    async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError> {
+        Ok(self.state.next_wake())
+    }
+
     async fn key_info(&self, key: &Key) -> Result<Option<KeyInfo>, CoordinatorError> {
         let now = self.state.now_nanos();
         let shard = self.state.shard(key).lock().unwrap();
@@ -384,5 +416,6 @@ fn info(key: &Key, record: &KeyRecord, now: u64) -> KeyInfo {
         epoch: (record.epoch > 0).then_some(Epoch(record.epoch)),
         trigger_seq: TriggerSeq(record.seq),
         parked: record.parked().cloned(),
+        wake_at: record.wake().map(|w| w.wall),
     }
 }

@@ -104,6 +104,17 @@ pub(crate) struct Extra {
     /// set, so that a key every node hands on visits each at most once per window
     /// instead of bouncing between two.
     pub(crate) avoid: Vec<(NodeId, Instant)>,
+    /// When the sleeping key falls due (`Release::Sleep`).
+    pub(crate) wake: Option<Wake>,
+}
+
+/// A sleeping key's wake-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Wake {
+    /// On the cluster's clock, in nanoseconds since its base instant.
+    pub(crate) due: u64,
+    /// The same instant on the wall clock, for status.
+    pub(crate) wall: std::time::SystemTime,
 }
 
 /// One registered key.
@@ -173,12 +184,23 @@ impl KeyRecord {
         self.extra.get_or_insert_with(Default::default).state = Some(state);
     }
 
+    pub(crate) fn wake(&self) -> Option<Wake> {
+        self.extra.as_ref().and_then(|e| e.wake)
+    }
+
+    /// Sets or clears the wake-up (the caller keeps the cluster's sleeping index in step).
+    pub(crate) fn set_wake(&mut self, wake: Option<Wake>) {
+        if wake.is_none() && self.extra.is_none() {
+            return;
+        }
+        self.extra.get_or_insert_with(Default::default).wake = wake;
+        self.shrink_extra();
+    }
+
     fn shrink_extra(&mut self) {
-        if self
-            .extra
-            .as_ref()
-            .is_some_and(|e| e.state.is_none() && e.parked.is_none() && e.avoid.is_empty())
-        {
+        if self.extra.as_ref().is_some_and(|e| {
+            e.state.is_none() && e.parked.is_none() && e.avoid.is_empty() && e.wake.is_none()
+        }) {
             self.extra = None;
         }
     }

@@ -205,6 +205,7 @@ impl PostgresCoordinator {
             epoch: r.get::<_, Option<i64>>(2).map(epoch),
             trigger_seq: seq(r.get(3)),
             parked: r.get(4),
+            wake_at: None,
         })
     }
 

@@ -465,5 +465,6 @@ fn info(core: &Core, key: Key, record: Record) -> KeyInfo {
         epoch: (record.epoch > 0).then_some(Epoch(record.epoch)),
         trigger_seq: TriggerSeq(record.trigger_seq),
         parked: record.parked,
+        wake_at: None,
     }
 }

@@ -65,6 +65,7 @@ pub mod cases {
     mod registry;
     mod stress;
     mod supervision;
+    mod wakeups;
 
     pub use bad_input::*;
     pub use failover::*;
@@ -76,6 +77,7 @@ pub mod cases {
     pub use registry::*;
     pub use stress::*;
     pub use supervision::*;
+    pub use wakeups::*;
 }
 
 pub use async_trait::async_trait;

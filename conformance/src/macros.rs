@@ -69,6 +69,11 @@ macro_rules! __with_cases {
             claims_whose_answer_was_lost_still_run,
             lost_hint_is_recovered_by_periodic_resync,
             short_granted_lease_is_refused,
+            // durable wake-ups
+            requeued_key_runs_after_its_delay_and_not_before,
+            trigger_wakes_a_sleeping_key_early,
+            wake_up_survives_restart_of_all_nodes,
+            many_sleeping_keys_hold_no_loop_and_all_wake,
         ] }
     };
 }

@@ -80,6 +80,8 @@ pub enum Step {
     /// Try to save these bytes (recording `StateSaved` or `SaveFailed`), load the state
     /// back (recorded), then behave like `UntilShutdown`.
     TrySave(Vec<u8>),
+    /// Return `RequeueAfter` this delay at once.
+    RequeueAfter(std::time::Duration),
     /// Observe triggers until the shutdown signal, then block the worker thread (as code
     /// stuck in a blocking call does, which no abort can interrupt) until the latch opens,
     /// then return `Continue`. Only on a multi-thread runtime.
@@ -304,6 +306,7 @@ impl Run<'_> {
                     self.observe(ctx, None).await;
                     Ok(Decision::Continue)
                 }
+                Step::RequeueAfter(delay) => Ok(Decision::RequeueAfter(*delay)),
                 Step::BlockOnShutdown(latch) => {
                     self.observe(ctx, None).await;
                     self.note(Happening::Blocked);

@@ -18,6 +18,8 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     // failed): soon, but never in a tight loop — a backend answering at once with an error
     // would otherwise starve every other task of a single-threaded runtime.
     let mut retry_resync: Option<Instant> = None;
+    // When the earliest sleeping key falls due: a claim round is scheduled for then.
+    let mut next_wake: Option<Instant> = None;
     loop {
         let resync_at = match retry_resync {
             Some(at) if !periodic || at < next_resync => at,
@@ -29,6 +31,7 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             _ = inner.shared.claim_wake.notified() => false,
             _ = inner.shared.resync_wake.notified() => true,
             _ = tokio::time::sleep(inner.config.claim_interval) => false,
+            _ = tokio::time::sleep_until(next_wake.unwrap_or_else(Instant::now)), if next_wake.is_some() => false,
             // Also the backstop for hints lost without a `Resync` (a half-open connection).
             _ = tokio::time::sleep_until(resync_at), if timed => true,
         };
@@ -39,34 +42,48 @@ pub(crate) async fn run(inner: Arc<Inner>) {
                 retry_resync = Some(Instant::now() + inner.config.claim_interval);
             }
         }
-        if claim_round(&inner).await == Claimed::Failed
-            && !inner.config.defects.has(Defect::ForgetsFailedClaims)
-        {
+        let claimed = claim_round(&inner).await;
+        if claimed == Claimed::Failed && !inner.config.defects.has(Defect::ForgetsFailedClaims) {
             // The claim may have committed before its answer was lost: re-read what this
             // node owns, which starts the loops of keys claimed that way.
             retry_resync.get_or_insert_with(Instant::now);
         }
+        next_wake = match inner.coordinator.next_wake().await {
+            // Due now but not taken (no capacity here, or passed over): the claim interval
+            // is the backstop, rather than a tight loop.
+            Ok(Some(due)) if due.is_zero() && claimed != Claimed::Some => None,
+            Ok(Some(due)) => Some(Instant::now() + due),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "next wake-up unknown");
+                next_wake
+            }
+        };
     }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Claimed {
-    Done,
+    /// Took at least one key.
+    Some,
+    /// Took nothing (nothing claimable, or no capacity).
+    Nothing,
     Failed,
 }
 
 async fn claim_round(inner: &Arc<Inner>) -> Claimed {
+    let mut outcome = Claimed::Nothing;
     loop {
         if inner.phase() != RUNNING {
-            return Claimed::Done;
+            return outcome;
         }
         let Some(session) = inner.current_session() else {
-            return Claimed::Done;
+            return outcome;
         };
         let owned = inner.owned.load(Ordering::Acquire);
         let capacity = inner.config.max_loops.saturating_sub(owned);
         if capacity == 0 {
-            return Claimed::Done;
+            return outcome;
         }
         let want = capacity.min(inner.config.claim_batch);
         inner.shared.begin_claim();
@@ -80,10 +97,13 @@ async fn claim_round(inner: &Arc<Inner>) -> Claimed {
             }
         };
         let got = claims.len();
+        if got > 0 {
+            outcome = Claimed::Some;
+        }
         start(inner, &session, claims);
         inner.shared.end_claim();
         if got < want {
-            return Claimed::Done;
+            return outcome;
         }
     }
 }

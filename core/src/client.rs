@@ -56,9 +56,10 @@ pub(crate) async fn status_from_backend(
 ) -> Result<KeyStatus, CoordinatorError> {
     Ok(match coordinator.key_info(key).await? {
         None => KeyStatus::NotRegistered,
-        Some(info) => match (info.parked, info.owner, info.epoch) {
-            (Some(error), _, _) => KeyStatus::Failed { error },
-            (None, Some(node), Some(epoch)) => KeyStatus::Running { node, epoch },
+        Some(info) => match (info.parked, info.owner, info.epoch, info.wake_at) {
+            (Some(error), _, _, _) => KeyStatus::Failed { error },
+            (None, Some(node), Some(epoch), _) => KeyStatus::Running { node, epoch },
+            (None, None, _, Some(until)) => KeyStatus::Sleeping { until },
             _ => KeyStatus::Pending,
         },
     })

@@ -23,6 +23,7 @@ pub struct EngineConfig {
     pub(crate) handoff_avoid: Duration,
     pub(crate) resync_interval: Duration,
     pub(crate) abandon_timeout: Duration,
+    pub(crate) requeue_jitter: f64,
     pub(crate) status_listener: Option<StatusListener>,
     pub(crate) defects: Defects,
 }
@@ -42,6 +43,9 @@ impl fmt::Debug for EngineConfig {
             .field("healthy_run", &self.healthy_run)
             .field("max_failures", &self.max_failures)
             .field("handoff_avoid", &self.handoff_avoid)
+            .field("resync_interval", &self.resync_interval)
+            .field("abandon_timeout", &self.abandon_timeout)
+            .field("requeue_jitter", &self.requeue_jitter)
             .field("status_listener", &self.status_listener.is_some())
             .finish()
     }
@@ -66,6 +70,7 @@ impl EngineConfig {
     /// | `healthy_run` | 10 s | 1 ms to 24 h |
     /// | `max_failures` | 5 | 1 to 1,000,000 |
     /// | `handoff_avoid` | 2 s | 0 to 1 h |
+    /// | `requeue_jitter` | 0 | 0 to 1 |
     /// | `node_name` | `node-` + random hex | printable, at most 256 bytes |
     ///
     /// The backend must also grant a lease of at least `lease_ttl` (and longer than
@@ -88,6 +93,7 @@ impl EngineConfig {
                 handoff_avoid: Duration::from_secs(2),
                 resync_interval: Duration::from_secs(30),
                 abandon_timeout: Duration::from_secs(5),
+                requeue_jitter: 0.0,
                 status_listener: None,
                 defects: Defects::default(),
             },
@@ -226,6 +232,14 @@ impl EngineConfigBuilder {
         self.config.abandon_timeout = timeout;
         self
     }
+    /// Spreads requeues: a loop returning `RequeueAfter(d)` sleeps a random time between
+    /// `d` and `d × (1 + jitter)` (never less than `d`), so a herd of keys requeued with
+    /// the same delay does not wake at once. Also applies to `RequeueAt` (the spread is
+    /// taken from the time left). 0 (the default) to 1.
+    pub fn requeue_jitter(mut self, jitter: f64) -> Self {
+        self.config.requeue_jitter = jitter;
+        self
+    }
     /// A callback for every status change of keys this engine owns.
     pub fn status_listener(
         mut self,
@@ -282,6 +296,13 @@ impl EngineConfigBuilder {
         duration("resync_interval", c.resync_interval, 100 * MILLI, DAY)?;
         duration("healthy_run", c.healthy_run, MILLI, DAY)?;
         duration("handoff_avoid", c.handoff_avoid, Duration::ZERO, HOUR)?;
+        if !(0.0..=1.0).contains(&c.requeue_jitter) {
+            return Err(ConfigError::OutOfRange {
+                setting: "requeue_jitter",
+                value: c.requeue_jitter.to_string(),
+                valid: "0 to 1".into(),
+            });
+        }
         duration(
             "restart_backoff (its maximum delay)",
             c.restart_backoff.max(),

@@ -14,6 +14,16 @@ pub enum Decision {
     /// The key still needs a loop, but not here and not now (usually after the shutdown
     /// signal): release it at once so another node picks it up.
     Continue,
+    /// Run the key again after this delay (controller-runtime's `RequeueAfter`), on any
+    /// node. The key stays registered with its wake-up time stored by the backend and is
+    /// released meanwhile: it holds no task, no loop slot and no lease. Never earlier than
+    /// the delay by the backend's clock (plus the engine's `requeue_jitter`, which only
+    /// adds); a trigger before then runs it at once and drops the wake-up. If a trigger the
+    /// loop did not observe is already pending, the loop runs again at once instead.
+    RequeueAfter(std::time::Duration),
+    /// Like [`RequeueAfter`](Decision::RequeueAfter), at a wall-clock instant as the
+    /// backend's clock tells it (an instant in the past means at once).
+    RequeueAt(std::time::SystemTime),
 }
 
 /// The user's reconciler: one invocation of [`run`](Controller::run) is one loop for one key.

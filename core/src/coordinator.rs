@@ -66,6 +66,26 @@ pub enum Release {
         /// The newest trigger sequence the failing run observed.
         observed_seq: TriggerSeq,
     },
+    /// Put the key to sleep until `until`: it stays registered, unowned, with its wake-up
+    /// time stored durably, and is claimable only once due (by the backend's clock) or
+    /// once triggered (a trigger drops the wake-up). Conditional on the sequence like
+    /// `Complete`: with a newer trigger the backend answers [`Released::Retriggered`],
+    /// changes nothing and the caller keeps the key.
+    Sleep {
+        /// The newest trigger sequence the loop observed.
+        observed_seq: TriggerSeq,
+        /// When the key falls due.
+        until: WakeTime,
+    },
+}
+
+/// When a sleeping key falls due ([`Release::Sleep`]), on the backend's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WakeTime {
+    /// This long after the backend processes the release.
+    After(Duration),
+    /// When the backend's wall clock reaches this instant.
+    At(std::time::SystemTime),
 }
 
 /// What [`Coordinator::release`] did.
@@ -80,7 +100,7 @@ pub enum Released {
         /// The key's current trigger sequence.
         seq: TriggerSeq,
     },
-    /// `Continue` or `Park`: the key is no longer owned by the caller.
+    /// `Continue`, `Park` or `Sleep`: the key is no longer owned by the caller.
     Released,
 }
 
@@ -97,6 +117,9 @@ pub struct KeyInfo {
     pub trigger_seq: TriggerSeq,
     /// The error it was parked with, if it is parked.
     pub parked: Option<String>,
+    /// When it falls due, if it sleeps ([`Release::Sleep`]), as a wall-clock instant of the
+    /// backend's clock.
+    pub wake_at: Option<std::time::SystemTime>,
 }
 
 /// One node as seen by the backend.
@@ -224,6 +247,11 @@ pub trait Coordinator: Send + Sync + 'static {
     /// - `trigger_during_failing_run_is_not_parked`: `Park` with an older sequence returns
     ///   `Retriggered`, parks nothing and keeps the key owned at the same epoch; the check
     ///   and the park are one atomic step.
+    /// - `requeued_key_runs_after_its_delay_and_not_before`: `Sleep` releases the key; it is
+    ///   not claimable before its wake-up time by the backend's clock, and claimable after;
+    ///   live nodes get `KeysAvailable` so they learn the new earliest wake-up.
+    /// - `trigger_wakes_a_sleeping_key_early`: a trigger makes a sleeping key claimable at
+    ///   once and drops its wake-up; `Sleep` with an older sequence returns `Retriggered`.
     async fn release(
         &self,
         node: &NodeId,
@@ -261,6 +289,17 @@ pub trait Coordinator: Send + Sync + 'static {
         epoch: Epoch,
         state: Bytes,
     ) -> Result<(), CoordinatorError>;
+
+    /// How long until the earliest sleeping key falls due, by the backend's clock (`Some(0)`
+    /// if one is due now; `None` if no key sleeps). The engine schedules a claim for then,
+    /// so wake-ups need no per-key timers and no polling. The default says `None`, for
+    /// backends without sleeping keys.
+    ///
+    /// # Contract
+    /// - `requeued_key_runs_after_its_delay_and_not_before`: reports the earliest wake-up.
+    async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError> {
+        Ok(None)
+    }
 
     /// What the backend knows about one key; `None` if it is not registered.
     ///

@@ -571,6 +571,7 @@ async fn shutdown(inner: Arc<Inner>) -> ShutdownReport {
     for list in [
         &mut report.handed_off,
         &mut report.completed,
+        &mut report.sleeping,
         &mut report.abandoned,
         &mut report.left_to_expire,
     ] {

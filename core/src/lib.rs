@@ -63,7 +63,7 @@ pub use context::{LoopContext, ShutdownReason, Wake};
 pub use controller::{Controller, ControllerFn, Decision, controller_fn};
 pub use coordinator::{
     Claim, ClusterSnapshot, Coordinator, KeyInfo, Lease, Limits, NodeSnapshot, Release, Released,
-    TriggerOutcome,
+    TriggerOutcome, WakeTime,
 };
 #[doc(hidden)]
 pub use defect::Defect;

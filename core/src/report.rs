@@ -12,6 +12,9 @@ pub struct ShutdownReport {
     pub handed_off: Vec<Key>,
     /// Keys whose loop returned `Complete` during shutdown and retired.
     pub completed: Vec<Key>,
+    /// Keys whose loop asked to be requeued during shutdown: they sleep until their
+    /// wake-up time and then run on any node.
+    pub sleeping: Vec<Key>,
     /// Keys whose loop ignored the shutdown signal past the grace period: the loop was
     /// abandoned (aborted where possible) and the key released, so the loop's epoch is
     /// fenced.

@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
 use tokio::time::Instant;
@@ -14,6 +14,7 @@ use crate::engine::{Inner, RUNNING};
 use crate::slot::LoopSlot;
 use crate::{
     CoordinatorError, Decision, KeyStatus, LoopContext, Release, Released, ShutdownReason,
+    WakeTime,
 };
 
 /// How one run of the controller ended.
@@ -119,6 +120,17 @@ async fn after_run(
             hand_off(inner, slot).await;
             false
         }
+        Outcome::Decided(Decision::RequeueAfter(delay)) => {
+            let delay = jittered(delay, inner.config.requeue_jitter);
+            requeue(inner, slot, WakeTime::After(delay)).await
+        }
+        Outcome::Decided(Decision::RequeueAt(at)) => {
+            let left = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            let extra = jittered(left, inner.config.requeue_jitter) - left;
+            requeue(inner, slot, WakeTime::At(at + extra)).await
+        }
         Outcome::Failed(error) if shutdown.is_some() => {
             tracing::warn!(%error, "loop failed during shutdown: handing off");
             hand_off(inner, slot).await;
@@ -173,6 +185,46 @@ async fn after_run(
             }
             true
         }
+    }
+}
+
+/// `delay` stretched by a random part of `jitter` (never shortened).
+fn jittered(delay: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 || delay.is_zero() {
+        return delay;
+    }
+    delay + delay.mul_f64(rand::random::<f64>() * jitter)
+}
+
+/// Puts the key to sleep until `until`; `true` means run the controller again (a trigger
+/// the loop did not observe arrived: it counts, the wake-up is not needed).
+async fn requeue(inner: &Arc<Inner>, slot: &Arc<LoopSlot>, until: WakeTime) -> bool {
+    let how = Release::Sleep {
+        observed_seq: crate::TriggerSeq(slot.observed_seq()),
+        until,
+    };
+    match release(inner, slot, how).await {
+        Some(Released::Retriggered { seq }) => {
+            slot.note_trigger(seq.0);
+            slot.set_failures(0);
+            if slot.shutdown_reason().is_some() {
+                hand_off(inner, slot).await;
+                return false;
+            }
+            tracing::debug!(seq = seq.0, "triggered while requeueing: running again");
+            true
+        }
+        Some(_) => {
+            let wakes = match until {
+                WakeTime::After(delay) => SystemTime::now() + delay,
+                WakeTime::At(at) => at,
+            };
+            tracing::debug!(?until, "requeued: sleeping");
+            inner.record(|r| r.sleeping.push(slot.key.clone()));
+            slot.emit(&KeyStatus::Sleeping { until: wakes });
+            false
+        }
+        None => false,
     }
 }
 

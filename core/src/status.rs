@@ -41,6 +41,12 @@ pub enum KeyStatus {
         /// The last error.
         error: String,
     },
+    /// The key sleeps until a wake-up time (a loop returned `RequeueAfter` / `RequeueAt`);
+    /// it holds no loop, and runs at that time or on its next trigger.
+    Sleeping {
+        /// When it falls due, on the backend's clock.
+        until: std::time::SystemTime,
+    },
 }
 
 impl fmt::Display for KeyStatus {
@@ -55,6 +61,10 @@ impl fmt::Display for KeyStatus {
                 last_error,
             } => write!(f, "backoff after {failures} failures: {last_error}"),
             KeyStatus::Failed { error } => write!(f, "failed: {error}"),
+            KeyStatus::Sleeping { until } => match until.duration_since(std::time::SystemTime::now()) {
+                Ok(left) => write!(f, "sleeping for another {left:.1?}"),
+                Err(_) => f.write_str("sleeping, due now"),
+            },
         }
     }
 }

@@ -1,0 +1,260 @@
+//! Cases: durable wake-ups — a loop returning `RequeueAfter` sleeps without a task and runs
+//! again after its delay, on any node, or earlier when triggered.
+
+
+use keyloop_core::{Decision, KeyStatus, Release, Released, WakeTime};
+
+use crate::{Case, Happening, Harness, Step, eventually, key};
+
+fn ended_with(h: &Happening, decision: Decision) -> bool {
+    *h == Happening::End(decision)
+}
+
+/// A requeued key sleeps without a loop, is not claimable before its wake-up time, shows
+/// as `Sleeping`, and runs again after its delay.
+pub async fn requeued_key_runs_after_its_delay_and_not_before(harness: &dyn Harness) {
+    let mut case = Case::new(harness).await;
+    let delay = case.ttl;
+
+    // The backend's half: not claimable before the wake-up; `next_wake` reports it.
+    let k0 = key("wake/direct");
+    let d1 = case.direct("d1").await;
+    d1.coordinator.trigger(&k0).await.expect("trigger");
+    let claim = d1
+        .coordinator
+        .claim_key(&d1.id(), &k0)
+        .await
+        .expect("claim_key")
+        .expect("claimable");
+    let released = d1
+        .coordinator
+        .release(
+            &d1.id(),
+            &k0,
+            claim.epoch,
+            Release::Sleep {
+                observed_seq: claim.trigger_seq,
+                until: WakeTime::After(delay * 3),
+            },
+        )
+        .await
+        .expect("sleep");
+    assert_eq!(released, Released::Released);
+    let info = d1
+        .coordinator
+        .key_info(&k0)
+        .await
+        .expect("key_info")
+        .expect("a sleeping key stays registered");
+    assert_eq!(info.owner, None, "{info:?}");
+    assert!(info.wake_at.is_some(), "key_info shows the wake-up: {info:?}");
+    let next = d1.coordinator.next_wake().await.expect("next_wake");
+    assert!(
+        next.is_some_and(|d| d <= delay * 3),
+        "next_wake reports the wake-up: {next:?}"
+    );
+    let early = d1.coordinator.claim(&d1.id(), 10).await.expect("claim");
+    assert!(
+        early.iter().all(|c| c.key != k0),
+        "claimed before its wake-up: {early:?}"
+    );
+    assert_eq!(
+        d1.coordinator.claim_key(&d1.id(), &k0).await.expect("claim_key"),
+        None,
+        "claim_key before the wake-up"
+    );
+
+    // The engine's half.
+    let k = key("wake/after");
+    case.script
+        .set(&k, vec![Step::RequeueAfter(delay), Step::UntilShutdown]);
+    let a = case.node("a").await;
+    a.engine.trigger(k.clone()).await.expect("trigger");
+    case.wait("the loop requeues", |log| {
+        log.count(&k, |h| ended_with(h, Decision::RequeueAfter(delay))) == 1
+    })
+    .await;
+    let status = eventually(
+        "the key shows as sleeping",
+        case.timeout(),
+        case.ttl / 20,
+        || async {
+            let status = case.client().await.status(k.clone()).await.expect("status");
+            matches!(status, KeyStatus::Sleeping { .. }).then_some(status)
+        },
+    )
+    .await;
+    assert!(matches!(status, KeyStatus::Sleeping { .. }));
+    assert_eq!(a.engine.owned_count(), 0, "a sleeping key holds no loop");
+    case.wait("the key runs again after its delay", |log| {
+        log.start_count(&k) == 2
+    })
+    .await;
+    {
+        let log = case.recorder.lock();
+        let ended = log
+            .last(&k, |h| ended_with(h, Decision::RequeueAfter(delay)))
+            .expect("ended")
+            .at;
+        let again = log.starts(&k)[1].at;
+        assert!(
+            again >= ended + delay,
+            "woke {:?} after requeueing, before its delay {delay:?}:\n{}",
+            again - ended,
+            log.history(&k)
+        );
+    }
+    case.recorder.assert_consistent();
+}
+
+/// A trigger runs a sleeping key at once and drops its wake-up; `Complete` then retires it
+/// for good. `Sleep` with an older sequence is answered `Retriggered`.
+pub async fn trigger_wakes_a_sleeping_key_early(harness: &dyn Harness) {
+    let mut case = Case::new(harness).await;
+
+    let k0 = key("wake/direct-retriggered");
+    let d1 = case.direct("d1").await;
+    d1.coordinator.trigger(&k0).await.expect("trigger");
+    let claim = d1
+        .coordinator
+        .claim_key(&d1.id(), &k0)
+        .await
+        .expect("claim_key")
+        .expect("claimable");
+    let later = d1.coordinator.trigger(&k0).await.expect("trigger");
+    let released = d1
+        .coordinator
+        .release(
+            &d1.id(),
+            &k0,
+            claim.epoch,
+            Release::Sleep {
+                observed_seq: claim.trigger_seq,
+                until: WakeTime::After(case.ttl * 100),
+            },
+        )
+        .await
+        .expect("sleep");
+    assert!(
+        matches!(released, Released::Retriggered { seq } if seq >= later.seq),
+        "Sleep with an older sequence answers Retriggered: {released:?}"
+    );
+
+    let k = key("wake/early");
+    let long = case.ttl * 100;
+    case.script
+        .set(&k, vec![Step::RequeueAfter(long), Step::Complete]);
+    let a = case.node("a").await;
+    a.engine.trigger(k.clone()).await.expect("trigger");
+    case.wait("the loop requeues for a long time", |log| {
+        log.count(&k, |h| ended_with(h, Decision::RequeueAfter(long))) == 1
+    })
+    .await;
+    case.wait_key(
+        &*case.coordinator().await,
+        &k,
+        "the key sleeps",
+        |info| info.as_ref().is_some_and(|i| i.wake_at.is_some()),
+    )
+    .await;
+    a.engine.trigger(k.clone()).await.expect("trigger");
+    case.wait("the trigger runs the sleeping key at once", |log| {
+        log.start_count(&k) == 2
+    })
+    .await;
+    case.wait_key(
+        &*case.coordinator().await,
+        &k,
+        "Complete retires the woken key",
+        |info| info.is_none(),
+    )
+    .await;
+    case.recorder
+        .assert_nothing_for(
+            "the dropped wake-up running the retired key",
+            case.claim_interval() * 5,
+            |log| log.start_count(&k) > 2,
+        )
+        .await;
+    case.recorder.assert_consistent();
+}
+
+/// A wake-up outlives every node: the requeueing node dies (or all nodes restart, and the
+/// backend with them where it can), and another node runs the key when it falls due.
+pub async fn wake_up_survives_restart_of_all_nodes(harness: &dyn Harness) {
+    let mut case = Case::new(harness).await;
+    let k = key("wake/durable");
+    let delay = case.ttl * 2;
+    case.script
+        .set(&k, vec![Step::RequeueAfter(delay), Step::UntilShutdown]);
+    let a = case.node("a").await;
+    a.engine.trigger(k.clone()).await.expect("trigger");
+    case.wait("the loop requeues", |log| {
+        log.count(&k, |h| ended_with(h, Decision::RequeueAfter(delay))) == 1
+    })
+    .await;
+    case.drop_nodes().await;
+    let restarted = case.ns.restart_backend().await;
+    let info = case
+        .coordinator()
+        .await
+        .key_info(&k)
+        .await
+        .expect("key_info")
+        .expect("the sleeping key stays registered across restarts");
+    assert!(
+        info.wake_at.is_some(),
+        "the wake-up survives (backend restarted: {restarted}): {info:?}"
+    );
+    let _b = case.node("b").await;
+    case.wait("another node runs the key when it falls due", |log| {
+        log.start_count(&k) == 2
+    })
+    .await;
+    {
+        let log = case.recorder.lock();
+        let ended = log
+            .last(&k, |h| ended_with(h, Decision::RequeueAfter(delay)))
+            .expect("ended")
+            .at;
+        let again = &log.starts(&k)[1];
+        assert_eq!(again.node, "b");
+        assert!(
+            again.at >= ended + delay,
+            "woke early after the restart:\n{}",
+            log.history(&k)
+        );
+    }
+    case.recorder.assert_consistent();
+}
+
+/// Sleeping keys spread like any pending key and hold nothing while asleep: many keys
+/// requeued at once all run again, and no node owns them meanwhile.
+pub async fn many_sleeping_keys_hold_no_loop_and_all_wake(harness: &dyn Harness) {
+    let mut case = Case::new(harness).await;
+    let delay = case.ttl / 2;
+    let keys: Vec<_> = (0..40).map(|i| key(&format!("wake/many/{i:02}"))).collect();
+    case.script
+        .set_default(vec![Step::RequeueAfter(delay), Step::UntilShutdown]);
+    let a = case.node("a").await;
+    let b = case.node("b").await;
+    for k in &keys {
+        a.engine.trigger(k.clone()).await.expect("trigger");
+    }
+    case.wait("every key requeued once", |log| {
+        keys.iter().all(|k| {
+            log.count(k, |h| ended_with(h, Decision::RequeueAfter(delay))) == 1
+        })
+    })
+    .await;
+    case.wait("every key runs again", |log| {
+        keys.iter().all(|k| log.start_count(k) == 2)
+    })
+    .await;
+    assert_eq!(
+        a.engine.owned_count() + b.engine.owned_count(),
+        keys.len(),
+        "every woken key has one loop"
+    );
+    case.recorder.assert_consistent();
+}
