@@ -125,6 +125,7 @@ impl Coordinator for MemoryCoordinator {
     fn limits(&self) -> Limits {
         Limits {
             max_state_bytes: self.state.config.max_state_bytes,
+            durable_wake_ups: true,
         }
     }
 
@@ -208,7 +209,9 @@ impl Coordinator for MemoryCoordinator {
                 let Some(record) = shard.keys.get_mut(&key) else {
                     continue;
                 };
-                if !record.owner_gone(now) || record.parked().is_some() {
+                // A key not yet due stays out of the queue: `wake_due` queues it again.
+                let asleep = record.wake().is_some_and(|w| w.due > now);
+                if !record.owner_gone(now) || record.parked().is_some() || asleep {
                     record.queued = false;
                 } else if record.avoided_by(*node, at) {
                     skipped.push(key);
@@ -216,6 +219,7 @@ impl Coordinator for MemoryCoordinator {
                     record.queued = false;
                     let epoch = shard.next_epoch();
                     let record = shard.keys.get_mut(&key).expect("present");
+                    self.state.unsleep(&key, record);
                     claims.push(self.grant(&entry, &key, epoch, record));
                 }
             }
@@ -300,7 +304,8 @@ impl Coordinator for MemoryCoordinator {
                         WakeTime::After(delay) => (delay, wall_now + delay),
                         WakeTime::At(at) => (at.duration_since(wall_now).unwrap_or_default(), at),
                     };
-                    let due = now.saturating_add(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX));
+                    let due =
+                        now.saturating_add(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX));
                     self.state.sleep(key, record, Wake { due, wall });
                     // Live nodes learn the new earliest wake-up at their next claim.
                     true
