@@ -463,6 +463,8 @@ impl Coordinator for ConsulCoordinator {
     fn limits(&self) -> Limits {
         Limits {
             max_state_bytes: self.config.max_state_bytes,
+            // Not yet: the engine waits in the loop's task.
+            durable_wake_ups: false,
         }
     }
 

@@ -215,13 +215,19 @@ impl ClusterState {
     pub(crate) fn sleep(&self, key: &Key, record: &mut KeyRecord, wake: Wake) {
         self.unsleep(key, record);
         record.set_wake(Some(wake));
-        self.sleeping.lock().unwrap().insert((wake.due, key.clone()));
+        self.sleeping
+            .lock()
+            .unwrap()
+            .insert((wake.due, key.clone()));
     }
 
     /// Drops a key's wake-up, if it has one (caller holds the key's shard lock).
     pub(crate) fn unsleep(&self, key: &Key, record: &mut KeyRecord) {
         if let Some(wake) = record.wake() {
-            self.sleeping.lock().unwrap().remove(&(wake.due, key.clone()));
+            self.sleeping
+                .lock()
+                .unwrap()
+                .remove(&(wake.due, key.clone()));
             record.set_wake(None);
         }
     }

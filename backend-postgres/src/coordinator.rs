@@ -230,6 +230,8 @@ impl Coordinator for PostgresCoordinator {
     fn limits(&self) -> Limits {
         Limits {
             max_state_bytes: self.inner.config.max_state_bytes,
+            // Not yet: the engine waits in the loop's task.
+            durable_wake_ups: false,
         }
     }
 

@@ -32,6 +32,7 @@ struct FaultState {
     owned_hold: Mutex<Option<Hold>>,
     lost_claim_answers: AtomicUsize,
     granted_ttl: Mutex<Option<Duration>>,
+    hide_wake_ups: AtomicBool,
     delay: Mutex<Option<Duration>>,
     delay_seed: AtomicU64,
 }
@@ -83,6 +84,7 @@ impl Faults {
                 owned_hold: Mutex::new(None),
                 lost_claim_answers: AtomicUsize::new(0),
                 granted_ttl: Mutex::new(None),
+                hide_wake_ups: AtomicBool::new(false),
                 delay: Mutex::new(None),
                 delay_seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             }),
@@ -148,6 +150,12 @@ impl Faults {
     /// the backend granted (a backend that shortens leases).
     pub fn grant_ttl(&self, ttl: Duration) {
         *self.inner.granted_ttl.lock().unwrap() = Some(ttl);
+    }
+
+    /// Reports the backend as one without durable wake-ups from now on
+    /// ([`Limits::durable_wake_ups`] `false`), so the engine waits in the loop's task.
+    pub fn hide_durable_wake_ups(&self) {
+        self.inner.hide_wake_ups.store(true, Ordering::SeqCst);
     }
 
     /// Delays every call by a pseudo-random time below `max` before it reaches the backend
@@ -225,7 +233,11 @@ impl FaultyCoordinator {
 #[async_trait]
 impl Coordinator for FaultyCoordinator {
     fn limits(&self) -> Limits {
-        self.inner.limits()
+        let mut limits = self.inner.limits();
+        if self.faults.inner.hide_wake_ups.load(Ordering::SeqCst) {
+            limits.durable_wake_ups = false;
+        }
+        limits
     }
 
     async fn join(

@@ -74,6 +74,7 @@ macro_rules! __with_cases {
             trigger_wakes_a_sleeping_key_early,
             wake_up_survives_restart_of_all_nodes,
             many_sleeping_keys_hold_no_loop_and_all_wake,
+            requeue_without_durable_wake_ups_waits_in_the_task,
         ] }
     };
 }

@@ -148,6 +148,12 @@ pub struct ClusterSnapshot {
 pub struct Limits {
     /// The largest state accepted by [`Coordinator::save_state`], in bytes.
     pub max_state_bytes: usize,
+    /// Whether the backend stores wake-ups ([`Release::Sleep`], [`Coordinator::next_wake`]).
+    ///
+    /// When `false` the engine keeps a requeued loop's task and ownership and waits in the
+    /// task instead (a trigger or the delay ends the wait): the wake-up is then not durable,
+    /// and a handoff or failover during the wait runs the key at once (early, never lost).
+    pub durable_wake_ups: bool,
 }
 
 /// The backend SPI: durable registry, node leases, key ownership with epochs, triggers and

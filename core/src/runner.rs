@@ -13,8 +13,7 @@ use tracing::Instrument;
 use crate::engine::{Inner, RUNNING};
 use crate::slot::LoopSlot;
 use crate::{
-    CoordinatorError, Decision, KeyStatus, LoopContext, Release, Released, ShutdownReason,
-    WakeTime,
+    CoordinatorError, Decision, KeyStatus, LoopContext, Release, Released, ShutdownReason, WakeTime,
 };
 
 /// How one run of the controller ended.
@@ -199,6 +198,9 @@ fn jittered(delay: Duration, jitter: f64) -> Duration {
 /// Puts the key to sleep until `until`; `true` means run the controller again (a trigger
 /// the loop did not observe arrived: it counts, the wake-up is not needed).
 async fn requeue(inner: &Arc<Inner>, slot: &Arc<LoopSlot>, until: WakeTime) -> bool {
+    if !slot.session.coordinator.limits().durable_wake_ups {
+        return wait_in_task(inner, slot, until).await;
+    }
     let how = Release::Sleep {
         observed_seq: crate::TriggerSeq(slot.observed_seq()),
         until,
@@ -225,6 +227,38 @@ async fn requeue(inner: &Arc<Inner>, slot: &Arc<LoopSlot>, until: WakeTime) -> b
             false
         }
         None => false,
+    }
+}
+
+/// The requeue of a backend without durable wake-ups: keep the key and its task, wait for
+/// the wake-up time, a trigger or a shutdown; `true` means run the controller again.
+///
+/// A shutdown during the wait hands the key off (`Continue`): its next owner runs it at
+/// once, early rather than never, because the backend cannot store the wake-up.
+async fn wait_in_task(inner: &Arc<Inner>, slot: &Arc<LoopSlot>, until: WakeTime) -> bool {
+    let (wakes, left) = match until {
+        WakeTime::After(delay) => (SystemTime::now() + delay, delay),
+        WakeTime::At(at) => (
+            at,
+            at.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        ),
+    };
+    slot.emit(&KeyStatus::Sleeping { until: wakes });
+    let ended_early = tokio::select! {
+        () = tokio::time::sleep(left) => false,
+        () = slot.wait_for(|| (slot.shutdown_reason().is_some() || slot.take_trigger()).then_some(())) => true,
+    };
+    match slot.shutdown_reason() {
+        Some(ShutdownReason::OwnershipLost) => false,
+        Some(_) => {
+            hand_off(inner, slot).await;
+            false
+        }
+        None => {
+            tracing::debug!(triggered = ended_early, "in-task wake-up: running again");
+            true
+        }
     }
 }
 

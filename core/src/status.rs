@@ -61,10 +61,12 @@ impl fmt::Display for KeyStatus {
                 last_error,
             } => write!(f, "backoff after {failures} failures: {last_error}"),
             KeyStatus::Failed { error } => write!(f, "failed: {error}"),
-            KeyStatus::Sleeping { until } => match until.duration_since(std::time::SystemTime::now()) {
-                Ok(left) => write!(f, "sleeping for another {left:.1?}"),
-                Err(_) => f.write_str("sleeping, due now"),
-            },
+            KeyStatus::Sleeping { until } => {
+                match until.duration_since(std::time::SystemTime::now()) {
+                    Ok(left) => write!(f, "sleeping for another {left:.1?}"),
+                    Err(_) => f.write_str("sleeping, due now"),
+                }
+            }
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Cases: durable wake-ups — a loop returning `RequeueAfter` sleeps without a task and runs
 //! again after its delay, on any node, or earlier when triggered.
 
-
 use keyloop_core::{Decision, KeyStatus, Release, Released, WakeTime};
 
 use crate::{Case, Happening, Harness, Step, eventually, key};
@@ -47,7 +46,10 @@ pub async fn requeued_key_runs_after_its_delay_and_not_before(harness: &dyn Harn
         .expect("key_info")
         .expect("a sleeping key stays registered");
     assert_eq!(info.owner, None, "{info:?}");
-    assert!(info.wake_at.is_some(), "key_info shows the wake-up: {info:?}");
+    assert!(
+        info.wake_at.is_some(),
+        "key_info shows the wake-up: {info:?}"
+    );
     let next = d1.coordinator.next_wake().await.expect("next_wake");
     assert!(
         next.is_some_and(|d| d <= delay * 3),
@@ -59,7 +61,10 @@ pub async fn requeued_key_runs_after_its_delay_and_not_before(harness: &dyn Harn
         "claimed before its wake-up: {early:?}"
     );
     assert_eq!(
-        d1.coordinator.claim_key(&d1.id(), &k0).await.expect("claim_key"),
+        d1.coordinator
+            .claim_key(&d1.id(), &k0)
+            .await
+            .expect("claim_key"),
         None,
         "claim_key before the wake-up"
     );
@@ -150,12 +155,9 @@ pub async fn trigger_wakes_a_sleeping_key_early(harness: &dyn Harness) {
         log.count(&k, |h| ended_with(h, Decision::RequeueAfter(long))) == 1
     })
     .await;
-    case.wait_key(
-        &*case.coordinator().await,
-        &k,
-        "the key sleeps",
-        |info| info.as_ref().is_some_and(|i| i.wake_at.is_some()),
-    )
+    case.wait_key(&*case.coordinator().await, &k, "the key sleeps", |info| {
+        info.as_ref().is_some_and(|i| i.wake_at.is_some())
+    })
     .await;
     a.engine.trigger(k.clone()).await.expect("trigger");
     case.wait("the trigger runs the sleeping key at once", |log| {
@@ -242,9 +244,8 @@ pub async fn many_sleeping_keys_hold_no_loop_and_all_wake(harness: &dyn Harness)
         a.engine.trigger(k.clone()).await.expect("trigger");
     }
     case.wait("every key requeued once", |log| {
-        keys.iter().all(|k| {
-            log.count(k, |h| ended_with(h, Decision::RequeueAfter(delay))) == 1
-        })
+        keys.iter()
+            .all(|k| log.count(k, |h| ended_with(h, Decision::RequeueAfter(delay))) == 1)
     })
     .await;
     case.wait("every key runs again", |log| {
@@ -256,5 +257,58 @@ pub async fn many_sleeping_keys_hold_no_loop_and_all_wake(harness: &dyn Harness)
         keys.len(),
         "every woken key has one loop"
     );
+    case.recorder.assert_consistent();
+}
+
+/// On a backend without durable wake-ups (`Limits::durable_wake_ups` false) a requeue keeps
+/// the key's loop and waits in its task: the key runs again after its delay and not before,
+/// and a trigger during the wait runs it at once.
+pub async fn requeue_without_durable_wake_ups_waits_in_the_task(harness: &dyn Harness) {
+    let mut case = Case::new(harness).await;
+    let delay = case.ttl;
+    let long = case.ttl * 100;
+    let k = key("wake/in-task");
+    let early = key("wake/in-task-early");
+    case.script
+        .set(&k, vec![Step::RequeueAfter(delay), Step::UntilShutdown]);
+    case.script
+        .set(&early, vec![Step::RequeueAfter(long), Step::Complete]);
+    let a = case.node("a").await;
+    a.faults.hide_durable_wake_ups();
+    a.engine.trigger(k.clone()).await.expect("trigger");
+    a.engine.trigger(early.clone()).await.expect("trigger");
+    case.wait("both loops requeue", |log| {
+        log.count(&k, |h| ended_with(h, Decision::RequeueAfter(delay))) == 1
+            && log.count(&early, |h| ended_with(h, Decision::RequeueAfter(long))) == 1
+    })
+    .await;
+    assert_eq!(
+        a.engine.owned_count(),
+        2,
+        "without durable wake-ups a requeued key keeps its loop"
+    );
+    a.engine.trigger(early.clone()).await.expect("trigger");
+    case.wait("the trigger ends the wait at once", |log| {
+        log.start_count(&early) == 2
+    })
+    .await;
+    case.wait("the key runs again after its delay", |log| {
+        log.start_count(&k) == 2
+    })
+    .await;
+    {
+        let log = case.recorder.lock();
+        let ended = log
+            .last(&k, |h| ended_with(h, Decision::RequeueAfter(delay)))
+            .expect("ended")
+            .at;
+        let again = log.starts(&k)[1].at;
+        assert!(
+            again >= ended + delay,
+            "woke {:?} after requeueing, before its delay {delay:?}:\n{}",
+            again - ended,
+            log.history(&k)
+        );
+    }
     case.recorder.assert_consistent();
 }
