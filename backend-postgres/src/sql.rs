@@ -57,12 +57,18 @@ impl Sql {
             // Register or bump, then notify the live owner or, for an unowned key, every
             // node, in the same transaction: whichever of trigger and claim commits second
             // sees the other.
+            //
+            // The bump draws its number in the DO UPDATE, which PostgreSQL evaluates after
+            // it has locked the conflicting row: racing triggers on one key then draw in
+            // commit order and the sequence never goes down. (`EXCLUDED.trigger_seq`, drawn
+            // in VALUES before the lock, let an earlier draw commit later and lower it.)
             trigger: format!(
                 "WITH up AS (
                     INSERT INTO {s}.keys AS k (key, trigger_seq)
                     VALUES ($1::text, nextval('{s}.trigger_seq'))
                     ON CONFLICT (key) DO UPDATE
-                        SET trigger_seq = EXCLUDED.trigger_seq, parked = NULL, updated_at = now()
+                        SET trigger_seq = nextval('{s}.trigger_seq'), parked = NULL,
+                            updated_at = now()
                     RETURNING k.trigger_seq, k.owner_node, (k.xmax = 0) AS inserted
                  ), o AS (
                     SELECT up.trigger_seq, up.inserted,
