@@ -186,6 +186,31 @@ impl PostgresCoordinator {
         Key::new(s).map_err(CoordinatorError::InvalidStoredKey)
     }
 
+    /// The claims of rows a committed claim statement returned. A row whose key cannot be
+    /// decoded (written behind keyloop's back) is logged and left out rather than failing
+    /// the rest; the error is returned only when no row decodes.
+    fn committed_claims(&self, rows: &[Row]) -> Result<Vec<Claim>, CoordinatorError> {
+        let mut claims = Vec::with_capacity(rows.len());
+        let mut first_error = None;
+        for r in rows {
+            match self.key(r.get(0)) {
+                Ok(key) => claims.push(Claim {
+                    key,
+                    epoch: epoch(r.get(1)),
+                    trigger_seq: seq(r.get(2)),
+                }),
+                Err(error) => {
+                    tracing::error!(%error, "a claimed key cannot be decoded: it stays owned and unrun");
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match first_error {
+            Some(error) if claims.is_empty() => Err(error),
+            _ => Ok(claims),
+        }
+    }
+
     fn claims(&self, rows: &[Row]) -> Result<Vec<Claim>, CoordinatorError> {
         rows.iter()
             .map(|r| {
@@ -339,16 +364,32 @@ impl Coordinator for PostgresCoordinator {
         }
         let id = uuid(node);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        // Each statement commits on its own: once one has, its claims are this node's and
+        // must reach the engine whatever fails after (the contract: Err only when nothing
+        // was taken).
         let rows = self
             .query("claiming", &self.inner.sql.claim_unowned, &[&id, &limit])
             .await?;
-        let mut claims = self.claims(&rows)?;
+        let mut claims = self.committed_claims(&rows)?;
         if claims.len() < max {
             let limit = limit - claims.len() as i64;
-            let rows = self
+            match self
                 .query("claiming", &self.inner.sql.claim_orphaned, &[&id, &limit])
-                .await?;
-            claims.extend(self.claims(&rows)?);
+                .await
+            {
+                Ok(rows) => match self.committed_claims(&rows) {
+                    Ok(more) => claims.extend(more),
+                    Err(error) if !claims.is_empty() => {
+                        tracing::error!(%error, "claimed orphaned keys that cannot be decoded");
+                    }
+                    Err(error) => return Err(error),
+                },
+                Err(error) if !claims.is_empty() => {
+                    tracing::warn!(%error, "claiming orphaned keys failed: returning the claims that committed");
+                    return Ok(claims);
+                }
+                Err(error) => return Err(error),
+            }
         }
         if claims.is_empty() && !self.is_alive(node).await? {
             return Err(self.expired(node));
