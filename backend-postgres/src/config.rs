@@ -104,8 +104,8 @@ impl PostgresConfigBuilder {
         self
     }
 
-    /// Connections in the pool for ordinary queries (default 8). Each node additionally
-    /// holds one dedicated listening connection.
+    /// Connections in the pool for ordinary queries (default 8; valid 1 to 1024). Each
+    /// node additionally holds one dedicated listening connection.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
@@ -117,7 +117,7 @@ impl PostgresConfigBuilder {
         self
     }
 
-    /// How long to wait for a new connection (default 5 s).
+    /// How long to wait for a new connection (default 5 s; valid 1 ms to 10 minutes).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -147,6 +147,24 @@ impl PostgresConfigBuilder {
         }
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::ZeroTimeout("connect_timeout"));
+        }
+        // Upper bounds: beyond them a value is a mistake, and `Duration::MAX` overflows the
+        // connection deadline inside tokio-postgres (a panic in connect).
+        if self.connect_timeout < Duration::from_millis(1)
+            || self.connect_timeout > Duration::from_secs(600)
+        {
+            return Err(ConfigError::OutOfRange {
+                setting: "connect_timeout",
+                value: format!("{:?}", self.connect_timeout),
+                valid: "1ms..=10min",
+            });
+        }
+        if self.pool_size > 1024 {
+            return Err(ConfigError::OutOfRange {
+                setting: "pool_size",
+                value: self.pool_size.to_string(),
+                valid: "1..=1024",
+            });
         }
         let host = match pg.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
@@ -232,6 +250,53 @@ mod tests {
         assert_eq!(c.max_state_bytes(), DEFAULT_MAX_STATE_BYTES);
         let debug = format!("{c:?}");
         assert!(!debug.contains("secret"), "{debug}");
+    }
+
+    #[test]
+    fn settings_outside_their_range_are_refused() {
+        let builder = || PostgresConfig::builder("postgresql://localhost/db");
+        for timeout in [
+            Duration::from_micros(999),
+            Duration::from_secs(601),
+            Duration::MAX,
+        ] {
+            let err = builder().connect_timeout(timeout).build().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::OutOfRange {
+                        setting: "connect_timeout",
+                        ..
+                    }
+                ),
+                "{timeout:?}: {err}"
+            );
+        }
+        let err = builder().pool_size(1025).build().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::OutOfRange {
+                    setting: "pool_size",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            builder()
+                .connect_timeout(Duration::from_secs(600))
+                .pool_size(1024)
+                .build()
+                .is_ok()
+        );
+        assert!(
+            builder()
+                .connect_timeout(Duration::from_millis(1))
+                .pool_size(1)
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -35,6 +35,16 @@ pub enum ConfigError {
     /// A timeout was zero.
     #[error("{0} must be greater than zero")]
     ZeroTimeout(&'static str),
+    /// A setting is outside its documented valid range.
+    #[error("{setting} = {value} is outside its valid range {valid}")]
+    OutOfRange {
+        /// The setting's builder method.
+        setting: &'static str,
+        /// The value given, formatted.
+        value: String,
+        /// The valid range, as documented on the builder method.
+        valid: &'static str,
+    },
 }
 
 /// An error from [`PostgresCoordinator::connect`](crate::PostgresCoordinator::connect).
