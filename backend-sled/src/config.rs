@@ -35,7 +35,7 @@ pub enum Durability {
     /// - claims: nothing that matters, since ownership does not outlive the process and the
     ///   next epoch is still greater than every epoch issued before the crash.
     Batched {
-        /// How often the background flush runs.
+        /// How often the background flush runs (valid 1 ms to 1 hour).
         interval: Duration,
     },
 }
@@ -82,6 +82,11 @@ impl SledConfig {
     }
 }
 
+/// The smallest accepted [`SledConfigBuilder::cache_capacity_bytes`] (1 MiB).
+const MIN_CACHE_BYTES: u64 = 1 << 20;
+/// The largest accepted [`SledConfigBuilder::cache_capacity_bytes`] (1 TiB).
+const MAX_CACHE_BYTES: u64 = 1 << 40;
+
 /// Builds a [`SledConfig`]; validated by [`build`](SledConfigBuilder::build).
 #[derive(Debug, Clone, Default)]
 pub struct SledConfigBuilder {
@@ -117,7 +122,8 @@ impl SledConfigBuilder {
         self
     }
 
-    /// sled's page cache size (sled's default, 1 GiB, if unset).
+    /// sled's page cache size (sled's default, 1 GiB, if unset; valid 1 MiB to 1 TiB).
+    /// Below a mebibyte sled's cache shards round down to nothing and sled panics.
     pub fn cache_capacity_bytes(mut self, bytes: u64) -> Self {
         self.cache_capacity_bytes = Some(bytes);
         self
@@ -143,9 +149,24 @@ impl SledConfigBuilder {
             if interval.is_zero() {
                 return Err(SledConfigError::ZeroFlushInterval(interval));
             }
+            if interval < Duration::from_millis(1) || interval > Duration::from_secs(3600) {
+                return Err(SledConfigError::OutOfRange {
+                    setting: "durability(Batched { interval })",
+                    value: format!("{interval:?}"),
+                    valid: "1ms..=1h",
+                });
+            }
         }
-        if self.cache_capacity_bytes == Some(0) {
-            return Err(SledConfigError::ZeroCacheCapacity);
+        match self.cache_capacity_bytes {
+            Some(0) => return Err(SledConfigError::ZeroCacheCapacity),
+            Some(bytes) if !(MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&bytes) => {
+                return Err(SledConfigError::OutOfRange {
+                    setting: "cache_capacity_bytes",
+                    value: bytes.to_string(),
+                    valid: "1 MiB..=1 TiB",
+                });
+            }
+            _ => {}
         }
         Ok(SledConfig {
             location,
@@ -220,6 +241,42 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, SledConfigError::ZeroFlushInterval(Duration::ZERO));
         assert!(err.to_string().contains("greater than zero"));
+    }
+
+    #[test]
+    fn rejects_settings_outside_their_range() {
+        for bytes in [1, MIN_CACHE_BYTES - 1, MAX_CACHE_BYTES + 1] {
+            let err = SledConfig::builder()
+                .temporary()
+                .cache_capacity_bytes(bytes)
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    SledConfigError::OutOfRange {
+                        setting: "cache_capacity_bytes",
+                        ..
+                    }
+                ),
+                "{bytes}: {err}"
+            );
+        }
+        for interval in [
+            Duration::from_micros(1),
+            Duration::from_secs(3601),
+            Duration::MAX,
+        ] {
+            let err = SledConfig::builder()
+                .temporary()
+                .durability(Durability::Batched { interval })
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(err, SledConfigError::OutOfRange { .. }),
+                "{interval:?}: {err}"
+            );
+        }
     }
 
     #[test]

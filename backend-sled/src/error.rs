@@ -28,6 +28,16 @@ pub enum SledConfigError {
     /// The cache capacity was zero.
     #[error("cache_capacity_bytes must be greater than zero")]
     ZeroCacheCapacity,
+    /// A setting is outside its documented valid range.
+    #[error("{setting} = {value} is outside its valid range {valid}")]
+    OutOfRange {
+        /// The setting's builder method.
+        setting: &'static str,
+        /// The value given, formatted.
+        value: String,
+        /// The valid range, as documented on the builder method.
+        valid: &'static str,
+    },
 }
 
 /// Why a [`SledStore`](crate::SledStore) could not be opened.

@@ -206,3 +206,23 @@ async fn closing_a_batched_store_flushes_it() {
     let store = SledStore::open(&path).unwrap();
     assert_eq!(store.coordinator().inspect().await.unwrap().keys.len(), 100);
 }
+
+/// The smallest cache `build()` accepts opens and works (a cache of a few bytes, which
+/// `build()` now refuses, panicked inside sled).
+#[tokio::test]
+async fn smallest_accepted_cache_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SledConfig::builder()
+        .path(dir.path().join("db"))
+        .cache_capacity_bytes(1 << 20)
+        .build()
+        .unwrap();
+    let store = SledStore::open_with(config).unwrap();
+    let c = store.coordinator();
+    for i in 0..200 {
+        c.trigger(&Key::new(format!("k/{i}")).unwrap())
+            .await
+            .unwrap();
+    }
+    assert_eq!(c.inspect().await.unwrap().keys.len(), 200);
+}
