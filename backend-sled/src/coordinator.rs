@@ -230,6 +230,11 @@ impl Coordinator for SledCoordinator {
         let now = Instant::now();
         let mut claims = Vec::new();
         let mut after: Option<Key> = None;
+        // Every acquired record is this node's from the moment it is written: an error
+        // later in the batch (or in the flush) must not hide it from the engine, or the key
+        // stays owned by a live node that runs nothing. The contract: Err only when nothing
+        // was taken.
+        let mut failed: Option<CoordinatorError> = None;
         'scan: loop {
             let batch = core
                 .index
@@ -243,7 +248,14 @@ impl Coordinator for SledCoordinator {
                     continue;
                 }
                 let _stripe = core.stripe(key.as_str());
-                let record = match core.read(key.as_str())? {
+                let read = match core.read(key.as_str()) {
+                    Ok(read) => read,
+                    Err(error) => {
+                        failed = Some(error);
+                        break 'scan;
+                    }
+                };
+                let record = match read {
                     Some(record) if core.claimable(&record) => record,
                     // A stale hint. Owned by a live node: file it under that node again
                     // rather than dropping it, so that if the node dies right now the
@@ -266,14 +278,28 @@ impl Coordinator for SledCoordinator {
                     // Expired mid-claim: what it got so far is worthless, as its lease is gone.
                     return Err(CoordinatorError::LeaseExpired { node: *node });
                 }
-                claims.push(core.acquire(node, &key, record)?);
+                match core.acquire(node, &key, record) {
+                    Ok(claim) => claims.push(claim),
+                    Err(error) => {
+                        failed = Some(error);
+                        break 'scan;
+                    }
+                }
                 if claims.len() == max {
                     break 'scan;
                 }
             }
         }
-        if !claims.is_empty() {
-            core.commit().await?;
+        if claims.is_empty() {
+            return failed.map_or(Ok(claims), Err);
+        }
+        if let Some(error) = failed {
+            tracing::warn!(%error, claimed = claims.len(), "claim batch failed part-way: returning the claims taken");
+        }
+        // Ownership does not outlive the process, so a failed flush does not undo the
+        // claims; the next durable write flushes them with it.
+        if let Err(error) = core.commit().await {
+            tracing::warn!(%error, "flushing claims failed: returning the claims taken");
         }
         Ok(claims)
     }

@@ -235,6 +235,16 @@ impl SledStore {
             .expect("present until the handle drops")
     }
 
+    /// Overwrites a key's stored record with `bytes` behind the coordinator's back, as
+    /// damage would: for tests of what a bad record does to a running store.
+    #[doc(hidden)]
+    pub fn damage_record_for_tests(&self, key: &str, bytes: &[u8]) {
+        let core = self.core();
+        core.tree
+            .insert(crate::schema::record_key(key), bytes)
+            .expect("raw write");
+    }
+
     /// A coordinator for one node (or several) on this store. All coordinators of a store
     /// share its database, node table and event bus, so engines built from them in one
     /// process form one cluster.

@@ -661,3 +661,32 @@ fn events_are_sent_without_holding_locks() {
         .expect("an event sent under a lock deadlocked the coordinator");
     worker.join().unwrap();
 }
+
+/// An error part-way through a claim batch returns the claims already taken: before, one
+/// bad record after a good one dropped the committed claim, and the key stayed owned by a
+/// live node that ran nothing.
+#[tokio::test(start_paused = true)]
+async fn claims_taken_before_a_failure_are_returned() {
+    let (_dir, store) = store();
+    let a = node(&store, "a").await;
+    for k in ["batch/1", "batch/2"] {
+        a.coordinator.trigger(&key(k)).await.unwrap();
+    }
+    store.damage_record_for_tests("batch/2", b"\x07garbage");
+    let claims = a
+        .coordinator
+        .claim(&a.id(), 10)
+        .await
+        .expect("the claims taken");
+    assert_eq!(
+        claims.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(),
+        ["batch/1"]
+    );
+    let info = a
+        .coordinator
+        .key_info(&key("batch/1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.owner, Some(a.id()));
+}
