@@ -3,8 +3,10 @@
 //! For each durability mode it measures, alternating subject and peer over several rounds:
 //! - `trigger`: `Coordinator::trigger` on existing keys, one call after another;
 //! - `claim`: `Coordinator::claim(node, 1)` on pending keys, one key per call;
-//! - the peer, raw sled: `insert` + `flush` per operation (durable), or `insert` alone
-//!   (batched, with the same background flush interval): the limit for one write each;
+//! - the peer, raw sled: `insert` + `flush` + `fsync` of the directory's files per operation
+//!   (durable: what `FlushEach` does, since sled's own flush ends with `sync_file_range`),
+//!   or `insert` alone (batched, with the same background flush interval): the limit for
+//!   one write each;
 //! - `trigger x16`: 16 tasks triggering at once, next to 16 threads of raw writes.
 //!
 //! Run with `cargo run --release -p keyloop-sled --example bench_sled [ops_per_round] [rounds]`.
@@ -20,7 +22,23 @@ const KEYS: usize = 1_000;
 const CONCURRENCY: usize = 16;
 const BATCH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// What `FlushEach` adds after sled's flush: fsync every file of the directory, then the
+/// directory.
+fn fsync_dir(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::File::open(entry.path())
+                .unwrap()
+                .sync_all()
+                .unwrap();
+        }
+    }
+    std::fs::File::open(dir).unwrap().sync_all().unwrap();
+}
+
 struct Raw {
+    dir: std::path::PathBuf,
     db: sled::Db,
     tree: sled::Tree,
     flush: bool,
@@ -47,6 +65,7 @@ impl Raw {
         }
         db.flush().unwrap();
         Raw {
+            dir: path.to_path_buf(),
             db,
             tree,
             flush,
@@ -59,7 +78,7 @@ impl Raw {
         let start = Instant::now();
         std::thread::scope(|s| {
             for t in 0..threads {
-                let (db, tree, flush) = (&self.db, &self.tree, self.flush);
+                let (db, tree, flush, dir) = (&self.db, &self.tree, self.flush, &self.dir);
                 s.spawn(move || {
                     for i in 0..ops / threads {
                         let key = format!("k{}", (t * 7919 + i) % KEYS);
@@ -68,6 +87,7 @@ impl Raw {
                         tree.insert(key.as_bytes(), &value[..]).unwrap();
                         if flush {
                             db.flush().unwrap();
+                            fsync_dir(dir);
                         }
                     }
                 });
@@ -89,6 +109,7 @@ impl Raw {
             self.tree.insert(key.as_bytes(), &value[..]).unwrap();
             if self.flush {
                 self.db.flush().unwrap();
+                fsync_dir(&self.dir);
             }
         }
         ops as f64 / start.elapsed().as_secs_f64()

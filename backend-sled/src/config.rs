@@ -20,8 +20,11 @@ pub const MAX_STATE_BYTES_LIMIT: usize = 64 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Durability {
-    /// Every `trigger`, claim, release and state save is flushed to disk (fsync) before it
-    /// returns. Anything acknowledged survives a crash. Concurrent callers share flushes.
+    /// Every `trigger`, claim, release and state save is flushed by sled and then the
+    /// database directory's files are fsynced before it returns (sled's own flush ends
+    /// with `sync_file_range`, which survives a process crash but not a power loss).
+    /// Anything acknowledged survives a crash, a power loss included on a disk that honours
+    /// fsync. Concurrent callers share flushes.
     #[default]
     FlushEach,
     /// Writes are acknowledged once they are in sled's memory and flushed in the

@@ -214,7 +214,7 @@ impl SledStore {
             nodes: Nodes::default(),
             index,
             ids,
-            flusher: GroupFlush::default(),
+            flusher: GroupFlush::new(registered.clone()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             recovered,
         };
