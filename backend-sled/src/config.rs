@@ -57,6 +57,7 @@ pub struct SledConfig {
     pub(crate) durability: Durability,
     pub(crate) max_state_bytes: usize,
     pub(crate) cache_capacity_bytes: Option<u64>,
+    pub(crate) recover_damaged: bool,
 }
 
 impl SledConfig {
@@ -97,6 +98,7 @@ pub struct SledConfigBuilder {
     durability: Durability,
     max_state_bytes: Option<usize>,
     cache_capacity_bytes: Option<u64>,
+    recover_damaged: bool,
 }
 
 impl SledConfigBuilder {
@@ -122,6 +124,14 @@ impl SledConfigBuilder {
     /// The largest state accepted per key ([`DEFAULT_MAX_STATE_BYTES`] by default).
     pub fn max_state_bytes(mut self, max: usize) -> Self {
         self.max_state_bytes = Some(max);
+        self
+    }
+
+    /// Open a database found damaged (records missing against its tally, or an initialised
+    /// directory that opens empty) with the keys that are left, logging what was lost,
+    /// instead of refusing with `SledError::Damaged` (default `false`).
+    pub fn recover_damaged(mut self, recover: bool) -> Self {
+        self.recover_damaged = recover;
         self
     }
 
@@ -176,6 +186,7 @@ impl SledConfigBuilder {
             durability: self.durability,
             max_state_bytes,
             cache_capacity_bytes: self.cache_capacity_bytes,
+            recover_damaged: self.recover_damaged,
         })
     }
 }

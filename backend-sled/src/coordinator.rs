@@ -52,6 +52,52 @@ impl Core {
         }
     }
 
+    /// Writes a key's first record and counts it in the registry tally, in one sled
+    /// transaction (the tally is how a damaged file is told from a smaller registry).
+    fn create(&self, key: &str, record: &Record) -> Result<(), CoordinatorError> {
+        self.change_registry(key, Some(record))
+    }
+
+    /// Removes a key's record and state and uncounts it, in one sled transaction.
+    fn retire(&self, key: &str) -> Result<(), CoordinatorError> {
+        self.change_registry(key, None)
+    }
+
+    fn change_registry(&self, key: &str, record: Option<&Record>) -> Result<(), CoordinatorError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        let record_key = schema::record_key(key);
+        let state_key = schema::state_key(key);
+        let encoded = record.map(Record::encode);
+        let result: Result<(), TransactionError<String>> = self.tree.transaction(|tx| {
+            let (tally, generation) = match tx.get(schema::TALLY_KEY)? {
+                Some(raw) => schema::decode_tally(&raw).ok_or_else(|| {
+                    ConflictableTransactionError::Abort("the registry tally is damaged".to_owned())
+                })?,
+                None => (0, 0),
+            };
+            let tally = match &encoded {
+                Some(encoded) => {
+                    tx.insert(record_key.as_slice(), encoded.as_slice())?;
+                    tally + 1
+                }
+                None => {
+                    tx.remove(record_key.as_slice())?;
+                    tx.remove(state_key.as_slice())?;
+                    tally.saturating_sub(1)
+                }
+            };
+            tx.insert(
+                schema::TALLY_KEY,
+                &schema::encode_tally(tally, generation + 1),
+            )?;
+            Ok(())
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(detail) => corrupt(&self.label, detail),
+            TransactionError::Storage(e) => self.err("registry change", e),
+        })
+    }
+
     fn write(&self, key: &str, record: &Record) -> Result<(), CoordinatorError> {
         self.tree
             .insert(schema::record_key(key), record.encode())
@@ -188,7 +234,11 @@ impl Coordinator for SledCoordinator {
             // after it was retired and registered again.
             record.trigger_seq = core.next_id()?.max(record.trigger_seq.saturating_add(1));
             record.parked = None;
-            core.write(key.as_str(), &record)?;
+            if registered {
+                core.create(key.as_str(), &record)?;
+            } else {
+                core.write(key.as_str(), &record)?;
+            }
             let live_owner = record.owner.filter(|o| core.nodes.is_alive(o));
             if live_owner.is_none() {
                 core.index.set_free(key);
@@ -357,12 +407,7 @@ impl Coordinator for SledCoordinator {
                             seq: TriggerSeq(record.trigger_seq),
                         });
                     }
-                    let mut batch = sled::Batch::default();
-                    batch.remove(schema::record_key(key.as_str()));
-                    batch.remove(schema::state_key(key.as_str()));
-                    core.tree
-                        .apply_batch(batch)
-                        .map_err(|e| core.err("retire", e))?;
+                    core.retire(key.as_str())?;
                     core.index.remove(key, Some(*node));
                     Released::Retired
                 }

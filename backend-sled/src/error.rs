@@ -87,6 +87,19 @@ pub enum SledError {
         /// What was found instead.
         detail: String,
     },
+    /// The database lost registered keys: its records disagree with the registry tally, or
+    /// a directory that was initialised opened as an empty database. Nothing was changed;
+    /// [`SledConfigBuilder::recover_damaged`](crate::SledConfigBuilder::recover_damaged)
+    /// opens it anyway with the keys that are left.
+    #[error(
+        "sled database at {path} is damaged: {detail}; nothing was changed (recover_damaged(true) opens it with what is left)"
+    )]
+    Damaged {
+        /// The directory.
+        path: PathBuf,
+        /// What disagrees.
+        detail: String,
+    },
     /// A stored record could not be decoded (damage or a foreign writer).
     #[error("sled database at {path} holds a damaged record: {detail}")]
     Corrupt {

@@ -8,7 +8,8 @@
 //! clock from auto-advancing during real I/O.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
@@ -26,9 +27,38 @@ pub(crate) struct GroupFlush {
     state: Mutex<State>,
     /// Generation of the last flush finished.
     finished: watch::Sender<u64>,
-    /// The database directory whose files are fsynced after each sled flush (`None` for a
-    /// temporary store).
-    fsync_dir: Option<PathBuf>,
+    /// The database directory whose files are fsynced after each sled flush, with the
+    /// registry tree whose generation the witness file records (`None` for a temporary
+    /// store).
+    fsync: Option<Arc<Durable>>,
+}
+
+/// What a flush of an on-disk store does beyond sled's flush.
+pub(crate) struct Durable {
+    dir: PathBuf,
+    registry: sled::Tree,
+    /// The registry generation the witness file holds.
+    witnessed: AtomicU64,
+}
+
+impl Durable {
+    fn after_flush(&self, generation: u64) -> std::io::Result<()> {
+        fsync_files(&self.dir)?;
+        if generation > self.witnessed.load(Ordering::Acquire) {
+            crate::schema::write_witness(&self.dir, generation)?;
+            self.witnessed.fetch_max(generation, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn generation(&self) -> u64 {
+        self.registry
+            .get(crate::schema::TALLY_KEY)
+            .ok()
+            .flatten()
+            .and_then(|raw| crate::schema::decode_tally(&raw))
+            .map_or(0, |(_, generation)| generation)
+    }
 }
 
 impl Default for GroupFlush {
@@ -45,11 +75,21 @@ impl GroupFlush {
     /// flushes neither file metadata nor the disk's write cache, so a flushed write
     /// survived a process crash but not necessarily a power loss. `fsync` on the same
     /// inodes closes that gap (and the id ceiling relies on the same flush).
-    pub(crate) fn new(fsync_dir: Option<PathBuf>) -> GroupFlush {
+    ///
+    /// After each flush that covered a registry change, the registry's generation is
+    /// written to the witness file, so a later open can tell a database sled rolled back
+    /// (damage) from one that never had those writes.
+    pub(crate) fn new(fsync: Option<(PathBuf, sled::Tree, u64)>) -> GroupFlush {
         GroupFlush {
             state: Mutex::new(State::default()),
             finished: watch::channel(0).0,
-            fsync_dir,
+            fsync: fsync.map(|(dir, registry, witnessed)| {
+                Arc::new(Durable {
+                    dir,
+                    registry,
+                    witnessed: AtomicU64::new(witnessed),
+                })
+            }),
         }
     }
 
@@ -85,7 +125,7 @@ impl GroupFlush {
             };
             match start {
                 Some(generation) => {
-                    let result = run_blocking(db, self.fsync_dir.clone()).await;
+                    let result = run_blocking(db, self.fsync.clone()).await;
                     {
                         let mut state = self.lock();
                         state.running = false;
@@ -131,16 +171,19 @@ fn fsync_files(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-async fn run_blocking(db: &sled::Db, fsync_dir: Option<PathBuf>) -> Result<(), FlushError> {
+async fn run_blocking(db: &sled::Db, durable: Option<Arc<Durable>>) -> Result<(), FlushError> {
     let flush = {
         let db = db.clone();
         move || {
+            // Read before the flush: the flush covers this generation.
+            let generation = durable.as_ref().map_or(0, |d| d.generation());
             db.flush()
                 .map(drop)
                 .map_err(|e| FlushError(e.to_string()))?;
-            match fsync_dir {
-                Some(dir) => fsync_files(&dir)
-                    .map_err(|e| FlushError(format!("fsync of {}: {e}", dir.display()))),
+            match durable {
+                Some(durable) => durable
+                    .after_flush(generation)
+                    .map_err(|e| FlushError(format!("fsync of {}: {e}", durable.dir.display()))),
                 None => Ok(()),
             }
         }

@@ -13,13 +13,69 @@
 use keyloop_core::NodeId;
 
 /// The format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 keeps a registry tally (see [`TALLY_KEY`]); version 1 databases are refused
+/// with `IncompatibleVersion`, untouched.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const VERSION_KEY: &[u8] = b"keyloop.format";
 /// The durable ceiling of issued ids (u64, big endian); see `ids.rs`.
 pub(crate) const ID_CEILING_KEY: &[u8] = b"keyloop.id_ceiling";
 pub(crate) const REGISTRY_TREE: &[u8] = b"keyloop.registry";
 pub(crate) const RECORD_PREFIX: u8 = b'k';
+/// In the registry tree: how many key records it holds (u64, big endian), changed in the
+/// same sled transaction as every record created or retired, and compared with the records
+/// found at open. A damaged file that lost records (sled opens it without error) then
+/// disagrees with its tally, or has lost the tally itself.
+pub(crate) const TALLY_KEY: &[u8] = b"#tally";
+/// A file written (and fsynced) beside the database once it is initialised: a directory that
+/// has it but whose database opens as fresh was wiped (e.g. a zeroed header), not new.
+pub(crate) const WITNESS_FILE: &str = "keyloop.initialised";
+
+/// A tally value: (key records, registry generation). The generation grows with every
+/// record created or retired; the witness file holds the last one known flushed, so a
+/// database that sled rolled back to an older consistent state (it replays its log up to
+/// the damage) is caught although its records agree with its own tally.
+pub(crate) fn decode_tally(raw: &[u8]) -> Option<(u64, u64)> {
+    let bytes = <[u8; 16]>::try_from(raw).ok()?;
+    let (count, generation) = bytes.split_at(8);
+    Some((
+        u64::from_be_bytes(count.try_into().ok()?),
+        u64::from_be_bytes(generation.try_into().ok()?),
+    ))
+}
+
+/// Encodes a tally value.
+pub(crate) fn encode_tally(count: u64, generation: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&count.to_be_bytes());
+    out[8..].copy_from_slice(&generation.to_be_bytes());
+    out
+}
+
+/// Reads the generation the witness file last recorded (0 for an empty file).
+pub(crate) fn read_witness(dir: &std::path::Path) -> std::io::Result<Option<u64>> {
+    match std::fs::read(dir.join(WITNESS_FILE)) {
+        Ok(bytes) if bytes.is_empty() => Ok(Some(0)),
+        Ok(bytes) => Ok(<[u8; 8]>::try_from(bytes.as_slice())
+            .ok()
+            .map(u64::from_be_bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Durably records `generation` in the witness file (write a temporary file, fsync,
+/// rename over, fsync the directory).
+pub(crate) fn write_witness(dir: &std::path::Path, generation: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{WITNESS_FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&generation.to_be_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(WITNESS_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
 pub(crate) const STATE_PREFIX: u8 = b's';
 
 const RECORD_TAG: u8 = 1;

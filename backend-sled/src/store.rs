@@ -186,9 +186,33 @@ impl SledStore {
         match schema::check_format(&db).map_err(sled_err)? {
             FormatCheck::Current => {}
             FormatCheck::Fresh => {
+                let witnessed = registered
+                    .as_ref()
+                    .is_some_and(|dir| dir.join(schema::WITNESS_FILE).exists());
+                if witnessed && !config.recover_damaged {
+                    return Err(SledError::Damaged {
+                        path,
+                        detail: format!(
+                            "the directory was initialised ({} exists) but the database opened empty",
+                            schema::WITNESS_FILE
+                        ),
+                    });
+                }
+                if witnessed {
+                    tracing::error!(path = %path.display(), "recovering a wiped database: every key registered before is lost");
+                }
                 db.insert(schema::VERSION_KEY, &schema::FORMAT_VERSION.to_be_bytes())
                     .map_err(sled_err)?;
+                db.open_tree(schema::REGISTRY_TREE)
+                    .and_then(|t| t.insert(schema::TALLY_KEY, &schema::encode_tally(0, 0)))
+                    .map_err(sled_err)?;
                 db.flush().map_err(sled_err)?;
+                if let Some(dir) = &registered {
+                    schema::write_witness(dir, 0).map_err(|source| SledError::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                }
             }
             FormatCheck::Other(found) => {
                 return Err(SledError::IncompatibleVersion {
@@ -201,11 +225,22 @@ impl SledStore {
         }
         let tree = db.open_tree(schema::REGISTRY_TREE).map_err(sled_err)?;
         let recovered = db.was_recovered();
-        let (index, floor) = build_index(&tree).map_err(|detail| SledError::Corrupt {
+        let (index, floor, records) = build_index(&tree).map_err(|detail| SledError::Corrupt {
             path: path.clone(),
             detail,
         })?;
+        check_tally(
+            &tree,
+            records,
+            registered.as_deref(),
+            &path,
+            config.recover_damaged,
+        )?;
         let ids = Ids::open(&db, floor).map_err(sled_err)?;
+        let flusher = GroupFlush::new(registered.clone().map(|dir| {
+            let witnessed = schema::read_witness(&dir).ok().flatten().unwrap_or(0);
+            (dir, tree.clone(), witnessed)
+        }));
         let core = Core {
             db,
             tree,
@@ -214,7 +249,7 @@ impl SledStore {
             nodes: Nodes::default(),
             index,
             ids,
-            flusher: GroupFlush::new(registered.clone()),
+            flusher,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             recovered,
         };
@@ -277,9 +312,63 @@ impl SledStore {
 /// The claim hints of a database just opened: every registered key that is not parked is
 /// claimable, since no owner from before this open is alive.
 /// Also returns the largest epoch or sequence found, a floor for new ids.
-fn build_index(tree: &sled::Tree) -> Result<(Index, u64), String> {
+/// Compares the records found with the registry tally; a mismatch (or a lost tally) is
+/// damage. With `recover` the tally is reset to what is left and the loss logged.
+fn check_tally(
+    tree: &sled::Tree,
+    records: u64,
+    dir: Option<&Path>,
+    path: &Path,
+    recover: bool,
+) -> Result<(), SledError> {
+    let sled_err = |source| SledError::Sled {
+        path: path.to_path_buf(),
+        source,
+    };
+    let io_err = |source| SledError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tally = tree.get(schema::TALLY_KEY).map_err(sled_err)?;
+    let stored = tally.as_deref().and_then(schema::decode_tally);
+    let witnessed = match dir {
+        Some(dir) => schema::read_witness(dir).map_err(io_err)?,
+        None => None,
+    };
+    let detail = match (stored, witnessed) {
+        (None, _) => format!("the registry tally is missing ({records} key records found)"),
+        (Some((count, _)), _) if count != records => {
+            format!("{records} key records found, the registry tally says {count}")
+        }
+        (Some((_, generation)), Some(flushed)) if generation < flushed => format!(
+            "it rolled back to registry generation {generation}, but generation {flushed} was flushed before"
+        ),
+        _ => return Ok(()),
+    };
+    if !recover {
+        return Err(SledError::Damaged {
+            path: path.to_path_buf(),
+            detail,
+        });
+    }
+    tracing::error!(path = %path.display(), %detail, "recovering a damaged database with the keys that are left");
+    let generation = stored.map_or(0, |(_, g)| g).max(witnessed.unwrap_or(0)) + 1;
+    tree.insert(
+        schema::TALLY_KEY,
+        &schema::encode_tally(records, generation),
+    )
+    .map_err(sled_err)?;
+    tree.flush().map_err(sled_err)?;
+    if let Some(dir) = dir {
+        schema::write_witness(dir, generation).map_err(io_err)?;
+    }
+    Ok(())
+}
+
+fn build_index(tree: &sled::Tree) -> Result<(Index, u64, u64), String> {
     let index = Index::default();
     let mut floor = 0;
+    let mut records = 0u64;
     for item in tree.scan_prefix([schema::RECORD_PREFIX]) {
         let (raw_key, raw) = item.map_err(|e| format!("scan failed: {e}"))?;
         let key = keyloop_core::Key::from_utf8(&raw_key[1..]).map_err(|e| {
@@ -294,8 +383,9 @@ fn build_index(tree: &sled::Tree) -> Result<(Index, u64), String> {
             index.set_free(&key);
         }
         floor = floor.max(record.epoch).max(record.trigger_seq);
+        records += 1;
     }
-    Ok((index, floor))
+    Ok((index, floor, records))
 }
 
 /// sled's settings for `config` (a fresh value each time: sled's builder methods panic
