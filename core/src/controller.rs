@@ -20,6 +20,11 @@ pub enum Decision {
     /// the delay by the backend's clock (plus the engine's `requeue_jitter`, which only
     /// adds); a trigger before then runs it at once and drops the wake-up. If a trigger the
     /// loop did not observe is already pending, the loop runs again at once instead.
+    ///
+    /// Durable on backends whose [`Limits::durable_wake_ups`](crate::Limits) is `true`
+    /// (memory today). On the others (sled, PostgreSQL, Consul for now) the engine keeps the
+    /// key's loop and waits in its task instead: a trigger or the delay ends the wait, and
+    /// a handoff or failover during it runs the key at once (early, never lost).
     RequeueAfter(std::time::Duration),
     /// Like [`RequeueAfter`](Decision::RequeueAfter), at a wall-clock instant as the
     /// backend's clock tells it (an instant in the past means at once).
