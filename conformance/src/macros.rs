@@ -60,6 +60,7 @@ macro_rules! __with_cases {
             client_trigger_registers_key,
             // beyond the checklist
             trigger_storm_loses_nothing,
+            concurrent_triggers_never_lower_the_sequence,
             // engine races at the edges of ownership
             resync_never_starts_a_released_key,
             trigger_during_failing_run_is_not_parked,

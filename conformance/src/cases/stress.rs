@@ -92,3 +92,80 @@ pub async fn trigger_storm_loses_nothing(harness: &dyn Harness) {
     drop(log);
     case.recorder.assert_consistent();
 }
+
+/// Triggers racing on one hot key from several coordinators never lower its sequence: a
+/// reader never sees it go down, and it ends at or above every acknowledged trigger's. (A
+/// sequence drawn before the row lock let an earlier draw commit later; a loop that had
+/// observed the higher number could then `Complete` past an acknowledged trigger.)
+pub async fn concurrent_triggers_never_lower_the_sequence(harness: &dyn Harness) {
+    const CLIENTS: usize = 8;
+    const PER_CLIENT: usize = 150;
+    let case = Case::new(harness).await;
+    let k = key("hot/sequence");
+    let first = case.coordinator().await;
+    first.trigger(&k).await.expect("trigger");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, k, c) = (Arc::clone(&stop), k.clone(), case.coordinator().await);
+        tokio::spawn(async move {
+            let (mut highest, mut lowered) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let info = c.key_info(&k).await.expect("key_info").expect("registered");
+                if info.trigger_seq.0 < highest {
+                    lowered.push((highest, info.trigger_seq.0));
+                }
+                highest = highest.max(info.trigger_seq.0);
+                tokio::task::yield_now().await;
+            }
+            lowered
+        })
+    };
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (c, k) = (case.coordinator().await, k.clone());
+        clients.push(tokio::spawn(async move {
+            let mut acked = Vec::with_capacity(PER_CLIENT);
+            let mut below = Vec::new();
+            for _ in 0..PER_CLIENT {
+                let seq = c.trigger(&k).await.expect("trigger").seq.0;
+                acked.push(seq);
+                // Once acknowledged, the stored sequence is never below this one.
+                let stored = c.key_info(&k).await.expect("key_info").expect("registered");
+                if stored.trigger_seq.0 < seq {
+                    below.push((seq, stored.trigger_seq.0));
+                }
+            }
+            assert!(
+                below.is_empty(),
+                "read the sequence below an acknowledged trigger's (acked, read): {below:?}"
+            );
+            acked
+        }));
+    }
+    let mut highest_acked = 0;
+    for client in clients {
+        let acked = client.await.expect("client");
+        assert!(
+            acked.windows(2).all(|w| w[0] < w[1]),
+            "one client's triggers got non-increasing sequences: {acked:?}"
+        );
+        highest_acked = highest_acked.max(*acked.iter().max().expect("acked"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let lowered = reader.await.expect("reader");
+    assert!(
+        lowered.is_empty(),
+        "the sequence went down (from, to): {lowered:?}"
+    );
+    let stored = first
+        .key_info(&k)
+        .await
+        .expect("key_info")
+        .expect("registered")
+        .trigger_seq
+        .0;
+    assert!(
+        stored >= highest_acked,
+        "stored sequence {stored} is below the acknowledged {highest_acked}"
+    );
+}
