@@ -7,6 +7,7 @@ use bytes::Bytes;
 use keyloop_core::{
     Claim, ClusterSnapshot, Coordinator, CoordinatorError, CoordinatorEvent, Epoch, EventSink, Key,
     KeyInfo, Lease, Limits, NodeId, NodeInfo, Release, Released, TriggerOutcome, TriggerSeq,
+    WakeTime,
 };
 use tokio::time::Instant;
 
@@ -127,6 +128,7 @@ impl Core {
     /// Whether `record` may be claimed by `node` now (call under the key's stripe).
     fn claimable(&self, record: &Record) -> bool {
         record.parked.is_none()
+            && record.wake_at.is_none_or(|at| at <= self.clock.now())
             && !record
                 .owner
                 .is_some_and(|owner| self.nodes.is_alive(&owner))
@@ -142,7 +144,11 @@ impl Core {
         // The counter never goes backwards, even after a crash; the max is a second guard.
         record.epoch = self.next_id()?.max(record.epoch.saturating_add(1));
         let previous = record.owner.replace(*node);
+        let wake_at = record.wake_at.take();
         self.write(key.as_str(), &record)?;
+        if let Some(at) = wake_at {
+            self.index.unsleep(key, at);
+        }
         self.index.acquired(key, *node, previous);
         Ok(Claim {
             key: key.clone(),
@@ -181,8 +187,8 @@ impl Core {
 impl Coordinator for SledCoordinator {
     fn limits(&self) -> Limits {
         Limits {
-            // Not yet: the engine waits in the loop's task (issue: durable wake-ups).
-            durable_wake_ups: false,
+            // Stored with the key's record, indexed by wake-up time in memory.
+            durable_wake_ups: true,
             max_state_bytes: self.core().config.max_state_bytes,
         }
     }
@@ -229,7 +235,12 @@ impl Coordinator for SledCoordinator {
                 epoch: 0,
                 owner: None,
                 parked: None,
+                wake_at: None,
             });
+            // A trigger runs a sleeping key at once; its wake-up is dropped.
+            if let Some(at) = record.wake_at.take() {
+                core.index.unsleep(key, at);
+            }
             // A global, crash-safe counter: the sequence never decreases for a key, also
             // after it was retired and registered again.
             record.trigger_seq = core.next_id()?.max(record.trigger_seq.saturating_add(1));
@@ -276,6 +287,7 @@ impl Coordinator for SledCoordinator {
             return Ok(Vec::new());
         }
         core.index.free_dead(|n| core.nodes.is_alive(n));
+        core.index.wake_due(core.clock.now());
         let avoided = core.nodes.avoided(node);
         let now = Instant::now();
         let mut claims = Vec::new();
@@ -438,6 +450,28 @@ impl Coordinator for SledCoordinator {
                     core.index.remove(key, Some(*node));
                     Released::Released
                 }
+                Release::Sleep {
+                    observed_seq,
+                    until,
+                } => {
+                    if record.trigger_seq > observed_seq.0 {
+                        return Ok(Released::Retriggered {
+                            seq: TriggerSeq(record.trigger_seq),
+                        });
+                    }
+                    let at = match until {
+                        WakeTime::After(delay) => core
+                            .clock
+                            .now()
+                            .saturating_add(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX)),
+                        WakeTime::At(at) => unix_nanos(at),
+                    };
+                    record.owner = None;
+                    record.wake_at = Some(at);
+                    core.write(key.as_str(), &record)?;
+                    core.index.sleep(key, *node, at);
+                    Released::Released
+                }
                 // `Release` is non-exhaustive for callers; this build knows every variant.
                 #[allow(unreachable_patterns)]
                 other => {
@@ -520,6 +554,15 @@ impl Coordinator for SledCoordinator {
             .map(|record| info(core, key.clone(), record)))
     }
 
+    async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError> {
+        let now = self.core().clock.now();
+        Ok(self
+            .core()
+            .index
+            .next_wake()
+            .map(|at| Duration::from_nanos(at.saturating_sub(now))))
+    }
+
     async fn inspect(&self) -> Result<ClusterSnapshot, CoordinatorError> {
         let core = self.core();
         let nodes = core.nodes.snapshot();
@@ -538,6 +581,38 @@ fn info(core: &Core, key: Key, record: Record) -> KeyInfo {
         epoch: (record.epoch > 0).then_some(Epoch(record.epoch)),
         trigger_seq: TriggerSeq(record.trigger_seq),
         parked: record.parked,
-        wake_at: None,
+        wake_at: record
+            .wake_at
+            .map(|at| std::time::UNIX_EPOCH + Duration::from_nanos(at)),
+    }
+}
+
+/// Nanoseconds since the Unix epoch by the wall clock (0 before it).
+pub(crate) fn unix_nanos(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The store's clock for wake-ups: the wall clock read once at open, advanced by tokio's
+/// monotonic clock since. Wall-anchored, so a stored wake-up means the same instant after a
+/// restart; monotonic within a process, so a wall-clock step does not wake keys early or
+/// late mid-run; and it follows tokio's paused clock in tests.
+pub(crate) struct WakeClock {
+    wall_at_open: u64,
+    opened: Instant,
+}
+
+impl WakeClock {
+    pub(crate) fn start() -> WakeClock {
+        WakeClock {
+            wall_at_open: unix_nanos(std::time::SystemTime::now()),
+            opened: Instant::now(),
+        }
+    }
+
+    /// Now, in Unix nanoseconds.
+    pub(crate) fn now(&self) -> u64 {
+        let elapsed = u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.wall_at_open.saturating_add(elapsed)
     }
 }

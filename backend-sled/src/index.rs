@@ -18,6 +18,8 @@ struct Inner {
     free: BTreeSet<Key>,
     /// What each node acquired and has not released.
     owned: HashMap<NodeId, HashSet<Key>>,
+    /// Sleeping keys by wake-up time (Unix nanoseconds): not free until due.
+    sleeping: BTreeSet<(u64, Key)>,
 }
 
 #[derive(Default)]
@@ -64,6 +66,41 @@ impl Index {
         let mut inner = self.lock();
         Self::unown(&mut inner, &node, key);
         inner.free.insert(key.clone());
+    }
+
+    /// `node` put the key to sleep until `at`: neither free nor owned until then.
+    pub(crate) fn sleep(&self, key: &Key, node: NodeId, at: u64) {
+        let mut inner = self.lock();
+        Self::unown(&mut inner, &node, key);
+        inner.free.remove(key);
+        inner.sleeping.insert((at, key.clone()));
+    }
+
+    /// A sleeping key (found sleeping at open).
+    pub(crate) fn set_sleeping(&self, key: &Key, at: u64) {
+        self.lock().sleeping.insert((at, key.clone()));
+    }
+
+    /// The key's wake-up at `at` is dropped (triggered, claimed or retired).
+    pub(crate) fn unsleep(&self, key: &Key, at: u64) {
+        self.lock().sleeping.remove(&(at, key.clone()));
+    }
+
+    /// Moves every sleeping key due at `now` to the free set.
+    pub(crate) fn wake_due(&self, now: u64) {
+        let mut inner = self.lock();
+        while let Some((at, _)) = inner.sleeping.first() {
+            if *at > now {
+                break;
+            }
+            let (_, key) = inner.sleeping.pop_first().expect("first exists");
+            inner.free.insert(key);
+        }
+    }
+
+    /// The earliest wake-up still pending.
+    pub(crate) fn next_wake(&self) -> Option<u64> {
+        self.lock().sleeping.first().map(|(at, _)| *at)
     }
 
     fn unown(inner: &mut Inner, node: &NodeId, key: &Key) {

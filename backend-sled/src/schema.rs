@@ -79,6 +79,8 @@ pub(crate) fn write_witness(dir: &std::path::Path, generation: u64) -> std::io::
 pub(crate) const STATE_PREFIX: u8 = b's';
 
 const RECORD_TAG: u8 = 1;
+/// A record of a sleeping key: the wake-up time follows the epoch.
+const RECORD_TAG_SLEEPING: u8 = 2;
 
 /// What the registry knows about one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +93,9 @@ pub(crate) struct Record {
     pub(crate) owner: Option<NodeId>,
     /// Set while the key is parked, with the last error.
     pub(crate) parked: Option<String>,
+    /// Set while the key sleeps (`Release::Sleep`): when it falls due, in nanoseconds since
+    /// the Unix epoch by this machine's wall clock (the only clock that outlives a restart).
+    pub(crate) wake_at: Option<u64>,
 }
 
 pub(crate) fn record_key(key: &str) -> Vec<u8> {
@@ -112,9 +117,16 @@ impl Record {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let parked_len = self.parked.as_ref().map_or(0, |p| p.len());
         let mut out = Vec::with_capacity(1 + 8 + 8 + 17 + 1 + parked_len);
-        out.push(RECORD_TAG);
+        out.push(if self.wake_at.is_some() {
+            RECORD_TAG_SLEEPING
+        } else {
+            RECORD_TAG
+        });
         out.extend_from_slice(&self.trigger_seq.to_be_bytes());
         out.extend_from_slice(&self.epoch.to_be_bytes());
+        if let Some(at) = self.wake_at {
+            out.extend_from_slice(&at.to_be_bytes());
+        }
         match self.owner {
             Some(node) => {
                 out.push(1);
@@ -135,11 +147,16 @@ impl Record {
     pub(crate) fn decode(bytes: &[u8]) -> Result<Record, String> {
         let mut r = Reader(bytes);
         let tag = r.u8()?;
-        if tag != RECORD_TAG {
+        if tag != RECORD_TAG && tag != RECORD_TAG_SLEEPING {
             return Err(format!("unknown record tag {tag}"));
         }
         let trigger_seq = u64::from_be_bytes(r.array()?);
         let epoch = u64::from_be_bytes(r.array()?);
+        let wake_at = if tag == RECORD_TAG_SLEEPING {
+            Some(u64::from_be_bytes(r.array()?))
+        } else {
+            None
+        };
         let owner = match r.u8()? {
             0 => None,
             1 => Some(NodeId::from_u128(u128::from_be_bytes(r.array()?))),
@@ -163,6 +180,7 @@ impl Record {
             epoch,
             owner,
             parked,
+            wake_at,
         })
     }
 }
@@ -249,24 +267,35 @@ mod tests {
                 epoch: 0,
                 owner: None,
                 parked: None,
+                wake_at: None,
             },
             Record {
                 trigger_seq: u64::MAX,
                 epoch: 42,
                 owner: Some(NodeId::random()),
                 parked: None,
+                wake_at: None,
             },
             Record {
                 trigger_seq: 7,
                 epoch: u64::MAX,
                 owner: None,
                 parked: Some("boom: ünïcode\nand newline".into()),
+                wake_at: None,
             },
             Record {
                 trigger_seq: 7,
                 epoch: 1,
                 owner: Some(NodeId::from_u128(u128::MAX)),
                 parked: Some(String::new()),
+                wake_at: Some(1),
+            },
+            Record {
+                trigger_seq: 9,
+                epoch: 3,
+                owner: None,
+                parked: None,
+                wake_at: Some(u64::MAX),
             },
         ]
     }

@@ -71,6 +71,7 @@ pub(crate) struct Core {
     flusher: GroupFlush,
     stripes: Vec<Mutex<()>>,
     recovered: bool,
+    pub(crate) clock: crate::coordinator::WakeClock,
 }
 
 impl Drop for Handle {
@@ -252,6 +253,7 @@ impl SledStore {
             flusher,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             recovered,
+            clock: crate::coordinator::WakeClock::start(),
         };
         // `registered` is recorded by the caller only once this returns, so a failed open
         // does not leave the path marked as open.
@@ -379,8 +381,10 @@ fn build_index(tree: &sled::Tree) -> Result<(Index, u64, u64), String> {
         })?;
         let record =
             schema::Record::decode(&raw).map_err(|e| format!("record of key {key:?}: {e}"))?;
-        if record.parked.is_none() {
-            index.set_free(&key);
+        match (&record.parked, record.wake_at) {
+            (Some(_), _) => {}
+            (None, Some(at)) => index.set_sleeping(&key, at),
+            (None, None) => index.set_free(&key),
         }
         floor = floor.max(record.epoch).max(record.trigger_seq);
         records += 1;
