@@ -8,6 +8,7 @@ use deadpool_postgres::{Pool, Runtime};
 use keyloop_core::{
     Claim, ClusterSnapshot, Coordinator, CoordinatorError, Epoch, EventSink, Key, KeyInfo, Lease,
     Limits, NodeId, NodeInfo, NodeSnapshot, Release, Released, TriggerOutcome, TriggerSeq,
+    WakeTime,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -230,7 +231,7 @@ impl PostgresCoordinator {
             epoch: r.get::<_, Option<i64>>(2).map(epoch),
             trigger_seq: seq(r.get(3)),
             parked: r.get(4),
-            wake_at: None,
+            wake_at: r.get::<_, Option<std::time::SystemTime>>(5),
         })
     }
 
@@ -255,8 +256,8 @@ impl Coordinator for PostgresCoordinator {
     fn limits(&self) -> Limits {
         Limits {
             max_state_bytes: self.inner.config.max_state_bytes,
-            // Not yet: the engine waits in the loop's task.
-            durable_wake_ups: false,
+            // A `wake_at` column on the database clock, claimed through its own index.
+            durable_wake_ups: true,
         }
     }
 
@@ -371,12 +372,15 @@ impl Coordinator for PostgresCoordinator {
             .query("claiming", &self.inner.sql.claim_unowned, &[&id, &limit])
             .await?;
         let mut claims = self.committed_claims(&rows)?;
-        if claims.len() < max {
+        for (step, sql) in [
+            ("claiming due wake-ups", &self.inner.sql.claim_due),
+            ("claiming", &self.inner.sql.claim_orphaned),
+        ] {
+            if claims.len() >= max {
+                break;
+            }
             let limit = limit - claims.len() as i64;
-            match self
-                .query("claiming", &self.inner.sql.claim_orphaned, &[&id, &limit])
-                .await
-            {
+            match self.query(step, sql, &[&id, &limit]).await {
                 Ok(rows) => match self.committed_claims(&rows) {
                     Ok(more) => claims.extend(more),
                     Err(error) if !claims.is_empty() => {
@@ -385,7 +389,7 @@ impl Coordinator for PostgresCoordinator {
                     Err(error) => return Err(error),
                 },
                 Err(error) if !claims.is_empty() => {
-                    tracing::warn!(%error, "claiming orphaned keys failed: returning the claims that committed");
+                    tracing::warn!(%error, step, "claiming failed part-way: returning the claims that committed");
                     return Ok(claims);
                 }
                 Err(error) => return Err(error),
@@ -498,12 +502,54 @@ impl Coordinator for PostgresCoordinator {
                     Ok(Released::Retriggered { seq: seq(r.get(0)) })
                 }
             }
+            Release::Sleep {
+                observed_seq,
+                until,
+            } => {
+                let observed = observed_seq.0 as i64;
+                // `At` is turned into a delay by this machine's clock at the call; the due
+                // time itself is then kept on the database clock.
+                let delay = match until {
+                    WakeTime::After(delay) => delay,
+                    WakeTime::At(at) => at
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or(Duration::ZERO),
+                };
+                let rows = self
+                    .query(
+                        "requeueing",
+                        &sql.sleep,
+                        &[
+                            &key.as_str(),
+                            &id,
+                            &ep,
+                            &observed,
+                            &micros(delay),
+                            &self.inner.shared_channel,
+                        ],
+                    )
+                    .await?;
+                let r = rows.first().ok_or_else(|| Self::fenced(node, key, e))?;
+                if r.get::<_, bool>(1) {
+                    Ok(Released::Released)
+                } else {
+                    Ok(Released::Retriggered { seq: seq(r.get(0)) })
+                }
+            }
             other => Err(CoordinatorError::backend(
                 self.endpoint().backend(),
                 format!("unsupported release {other:?}"),
                 None,
             )),
         }
+    }
+
+    async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError> {
+        let rows = self
+            .query("finding the next wake-up", &self.inner.sql.next_wake, &[])
+            .await?;
+        let micros: Option<i64> = rows.first().and_then(|r| r.get(0));
+        Ok(micros.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))
     }
 
     async fn owned(&self, node: &NodeId) -> Result<Vec<Claim>, CoordinatorError> {

@@ -44,6 +44,16 @@ const MIGRATIONS: &[&str] = &[
     -- Claims of unowned keys walk this index in key order and stop after the batch.
     CREATE INDEX keys_claimable_idx ON {s}.keys (key) WHERE owner_node IS NULL AND parked IS NULL;
     "#,
+    // Version 2: durable wake-ups. Sleeping keys leave the claimable index (claims of
+    // ready keys never walk past them) and get their own, ordered by due time.
+    r#"
+    ALTER TABLE {s}.keys ADD COLUMN wake_at timestamptz;
+    DROP INDEX {s}.keys_claimable_idx;
+    CREATE INDEX keys_claimable_idx ON {s}.keys (key)
+        WHERE owner_node IS NULL AND parked IS NULL AND wake_at IS NULL;
+    CREATE INDEX keys_wake_idx ON {s}.keys (wake_at)
+        WHERE owner_node IS NULL AND parked IS NULL AND wake_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this code writes.

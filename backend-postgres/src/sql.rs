@@ -14,6 +14,9 @@ pub(crate) struct Sql {
     pub(crate) trigger: String,
     pub(crate) claim_unowned: String,
     pub(crate) claim_orphaned: String,
+    pub(crate) claim_due: String,
+    pub(crate) sleep: String,
+    pub(crate) next_wake: String,
     pub(crate) alive: String,
     pub(crate) claim_key: String,
     pub(crate) claim_key_existing: String,
@@ -68,7 +71,7 @@ impl Sql {
                     VALUES ($1::text, nextval('{s}.trigger_seq'))
                     ON CONFLICT (key) DO UPDATE
                         SET trigger_seq = nextval('{s}.trigger_seq'), parked = NULL,
-                            updated_at = now()
+                            wake_at = NULL, updated_at = now()
                     RETURNING k.trigger_seq, k.owner_node, (k.xmax = 0) AS inserted
                  ), o AS (
                     SELECT up.trigger_seq, up.inserted,
@@ -89,7 +92,7 @@ impl Sql {
             claim_unowned: format!(
                 "WITH cand AS (
                     SELECT key FROM {s}.keys
-                    WHERE owner_node IS NULL AND parked IS NULL
+                    WHERE owner_node IS NULL AND parked IS NULL AND wake_at IS NULL
                       AND (avoid_node IS NULL OR avoid_node <> $1 OR avoid_until <= now())
                       AND EXISTS (SELECT 1 FROM {s}.nodes WHERE node_id = $1 AND expires_at > now())
                     ORDER BY key
@@ -124,14 +127,52 @@ impl Sql {
                  )
                  SELECT key, epoch, trigger_seq, (SELECT count(*) FROM note) FROM up"
             ),
+            // Sleeping keys that fell due, earliest first through the wake-up index.
+            claim_due: format!(
+                "WITH cand AS (
+                    SELECT key FROM {s}.keys
+                    WHERE owner_node IS NULL AND parked IS NULL AND wake_at <= now()
+                      AND EXISTS (SELECT 1 FROM {s}.nodes WHERE node_id = $1 AND expires_at > now())
+                    ORDER BY wake_at
+                    LIMIT $2
+                    FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE {s}.keys k
+                 SET owner_node = $1, epoch = nextval('{s}.epoch_seq'), wake_at = NULL,
+                     avoid_node = NULL, avoid_until = NULL, updated_at = now()
+                 FROM cand WHERE k.key = cand.key
+                 RETURNING k.key, k.epoch, k.trigger_seq"
+            ),
+            // Like `park`: lock the row, then sleep only if no trigger arrived that the run
+            // did not observe. The due time is on the database clock. Every node is told,
+            // so that each schedules a claim round for the earliest wake-up.
+            sleep: format!(
+                "WITH t AS (
+                    SELECT key, trigger_seq FROM {s}.keys
+                    WHERE key = $1 AND owner_node = $2 AND epoch = $3 AND {me_live}
+                    FOR UPDATE
+                 ), p AS (
+                    UPDATE {s}.keys k SET owner_node = NULL,
+                        wake_at = now() + $5::bigint * interval '1 microsecond', updated_at = now()
+                    FROM t WHERE k.key = t.key AND t.trigger_seq <= $4
+                    RETURNING k.key
+                 ), note AS (SELECT pg_notify($6::text, '') FROM p)
+                 SELECT t.trigger_seq, EXISTS (SELECT 1 FROM p), (SELECT count(*) FROM note) FROM t"
+            ),
+            // Microseconds until the earliest wake-up (min over the wake-up index).
+            next_wake: format!(
+                "SELECT (extract(epoch FROM (min(wake_at) - now())) * 1000000)::bigint
+                 FROM {s}.keys
+                 WHERE owner_node IS NULL AND parked IS NULL AND wake_at IS NOT NULL"
+            ),
             alive: format!(
                 "SELECT coalesce((SELECT expires_at > now() FROM {s}.nodes WHERE node_id = $1), false)"
             ),
             claim_key: format!(
                 "UPDATE {s}.keys k
-                 SET owner_node = $1, epoch = nextval('{s}.epoch_seq'),
+                 SET owner_node = $1, epoch = nextval('{s}.epoch_seq'), wake_at = NULL,
                      avoid_node = NULL, avoid_until = NULL, updated_at = now()
-                 WHERE k.key = $2 AND k.parked IS NULL
+                 WHERE k.key = $2 AND k.parked IS NULL AND (k.wake_at IS NULL OR k.wake_at <= now())
                    AND (k.owner_node IS NULL OR NOT EXISTS (
                         SELECT 1 FROM {s}.nodes n
                         WHERE n.node_id = k.owner_node AND n.expires_at > now()))
@@ -195,11 +236,11 @@ impl Sql {
                  WHERE key = $1 AND owner_node = $2 AND epoch = $3 AND {me_live}"
             ),
             key_info: format!(
-                "SELECT k.key, {live_owner}, k.epoch, k.trigger_seq, k.parked
+                "SELECT k.key, {live_owner}, k.epoch, k.trigger_seq, k.parked, k.wake_at
                  FROM {s}.keys k WHERE k.key = $1"
             ),
             all_keys: format!(
-                "SELECT k.key, {live_owner}, k.epoch, k.trigger_seq, k.parked
+                "SELECT k.key, {live_owner}, k.epoch, k.trigger_seq, k.parked, k.wake_at
                  FROM {s}.keys k ORDER BY k.key"
             ),
             all_nodes: format!(

@@ -94,9 +94,4 @@ impl Drop for PostgresNamespace {
     }
 }
 
-keyloop_conformance::conformance_tests!(PostgresHarness, paused = false, skip = {
-    requeued_key_runs_after_its_delay_and_not_before: "no durable wake-ups yet (Limits::durable_wake_ups is false); the in-task fallback is checked by requeue_without_durable_wake_ups_waits_in_the_task",
-    trigger_wakes_a_sleeping_key_early: "no durable wake-ups yet (Limits::durable_wake_ups is false)",
-    wake_up_survives_restart_of_all_nodes: "no durable wake-ups yet (Limits::durable_wake_ups is false)",
-    many_sleeping_keys_hold_no_loop_and_all_wake: "no durable wake-ups yet: a requeued key keeps its loop",
-});
+keyloop_conformance::conformance_tests!(PostgresHarness, paused = false);

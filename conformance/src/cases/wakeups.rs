@@ -203,6 +203,14 @@ pub async fn wake_up_survives_restart_of_all_nodes(harness: &dyn Harness) {
         log.count(&k, |h| ended_with(h, Decision::RequeueAfter(delay))) == 1
     })
     .await;
+    // The loop's end is logged before the engine's release reaches the backend.
+    case.wait_key(
+        &*case.coordinator().await,
+        &k,
+        "the backend stores the wake-up",
+        |info| info.as_ref().is_some_and(|i| i.wake_at.is_some()),
+    )
+    .await;
     case.drop_nodes().await;
     let restarted = case.ns.restart_backend().await;
     let info = case
