@@ -978,6 +978,12 @@ impl Coordinator for ConsulCoordinator {
         }
     }
 
+    /// No durable wake-ups here yet (`durable_wake_ups` is false): the engine waits in the
+    /// loop's task instead, so no key ever sleeps in Consul.
+    async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError> {
+        Ok(None)
+    }
+
     async fn key_info(&self, key: &Key) -> Result<Option<KeyInfo>, CoordinatorError> {
         let ops = [
             TxnOp::GetOrEmpty {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use keyloop_core::{
     Claim, ClusterSnapshot, Coordinator, CoordinatorError, CoordinatorEvent, Epoch, EventSink, Key,
     KeyInfo, Lease, Limits, NodeId, NodeInfo, NodeSnapshot, Release, Released, TriggerOutcome,
-    TriggerSeq, WakeTime,
+    TriggerSeq,
 };
 use tokio::time::Instant;
 
@@ -299,15 +299,12 @@ impl Coordinator for MemoryCoordinator {
                     }
                     record.owner = None;
                     let now = self.state.now_nanos();
-                    let wall_now = SystemTime::now();
-                    let (delay, wall) = match until {
-                        WakeTime::After(delay) => (delay, wall_now + delay),
-                        WakeTime::At(at) => (at.duration_since(wall_now).unwrap_or_default(), at),
-                    };
+                    let (delay, wall) = until.resolve(SystemTime::now());
                     let due =
                         now.saturating_add(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX));
                     self.state.sleep(key, record, Wake { due, wall });
-                    // Live nodes learn the new earliest wake-up at their next claim.
+                    // `KeysAvailable` makes every live node run a claim round, which
+                    // also asks for the new earliest wake-up (the contract).
                     true
                 }
                 Release::Park {

@@ -62,6 +62,9 @@ impl Coordinator for PanicsOnce {
     async fn owned(&self, n: &NodeId) -> Result<Vec<Claim>, CoordinatorError> {
         self.inner.owned(n).await
     }
+    async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError> {
+        self.inner.next_wake().await
+    }
     async fn load_state(&self, k: &Key) -> Result<Option<keyloop_core::Bytes>, CoordinatorError> {
         self.inner.load_state(k).await
     }

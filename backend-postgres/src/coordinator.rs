@@ -8,7 +8,6 @@ use deadpool_postgres::{Pool, Runtime};
 use keyloop_core::{
     Claim, ClusterSnapshot, Coordinator, CoordinatorError, Epoch, EventSink, Key, KeyInfo, Lease,
     Limits, NodeId, NodeInfo, NodeSnapshot, Release, Released, TriggerOutcome, TriggerSeq,
-    WakeTime,
 };
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -367,32 +366,31 @@ impl Coordinator for PostgresCoordinator {
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
         // Each statement commits on its own: once one has, its claims are this node's and
         // must reach the engine whatever fails after (the contract: Err only when nothing
-        // was taken).
-        let rows = self
-            .query("claiming", &self.inner.sql.claim_unowned, &[&id, &limit])
-            .await?;
-        let mut claims = self.committed_claims(&rows)?;
-        for (step, sql) in [
-            ("claiming due wake-ups", &self.inner.sql.claim_due),
-            ("claiming", &self.inner.sql.claim_orphaned),
+        // was taken). Due wake-ups go first, so a steady stream of new keys cannot keep
+        // them waiting.
+        let sql = &self.inner.sql;
+        let mut claims = Vec::new();
+        for (step, statement) in [
+            ("claiming due wake-ups", &sql.claim_due),
+            ("claiming", &sql.claim_unowned),
+            ("claiming orphaned keys", &sql.claim_orphaned),
         ] {
             if claims.len() >= max {
                 break;
             }
             let limit = limit - claims.len() as i64;
-            match self.query(step, sql, &[&id, &limit]).await {
+            match self.query(step, statement, &[&id, &limit]).await {
                 Ok(rows) => match self.committed_claims(&rows) {
                     Ok(more) => claims.extend(more),
-                    Err(error) if !claims.is_empty() => {
-                        tracing::error!(%error, "claimed orphaned keys that cannot be decoded");
-                    }
-                    Err(error) => return Err(error),
+                    Err(error) if claims.is_empty() => return Err(error),
+                    // Already logged per key by `committed_claims`.
+                    Err(_) => {}
                 },
-                Err(error) if !claims.is_empty() => {
+                Err(error) if claims.is_empty() => return Err(error),
+                Err(error) => {
                     tracing::warn!(%error, step, "claiming failed part-way: returning the claims that committed");
                     return Ok(claims);
                 }
-                Err(error) => return Err(error),
             }
         }
         if claims.is_empty() && !self.is_alive(node).await? {
@@ -509,12 +507,7 @@ impl Coordinator for PostgresCoordinator {
                 let observed = observed_seq.0 as i64;
                 // `At` is turned into a delay by this machine's clock at the call; the due
                 // time itself is then kept on the database clock.
-                let delay = match until {
-                    WakeTime::After(delay) => delay,
-                    WakeTime::At(at) => at
-                        .duration_since(std::time::SystemTime::now())
-                        .unwrap_or(Duration::ZERO),
-                };
+                let (delay, _) = until.resolve(std::time::SystemTime::now());
                 let rows = self
                     .query(
                         "requeueing",

@@ -296,6 +296,10 @@ macro_rules! broken_coordinator {
             self.inner.save_state(node, key, epoch, state).await
         }
 
+        async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError> {
+            self.inner.next_wake().await
+        }
+
         async fn key_info(&self, key: &Key) -> Result<Option<KeyInfo>, CoordinatorError> {
             self.inner.key_info(key).await
         }
@@ -463,6 +467,10 @@ impl Coordinator for Lax {
 
     async fn leave(&self, node: &NodeId) -> Result<(), CoordinatorError> {
         self.inner.leave(node).await
+    }
+
+    async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError> {
+        self.inner.next_wake().await
     }
 
     async fn trigger(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError> {

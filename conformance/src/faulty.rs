@@ -368,6 +368,10 @@ impl Coordinator for FaultyCoordinator {
         self.inner.key_info(key).await
     }
 
+    async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError> {
+        self.inner.next_wake().await
+    }
+
     async fn inspect(&self) -> Result<ClusterSnapshot, CoordinatorError> {
         self.inner.inspect().await
     }

@@ -71,6 +71,7 @@ macro_rules! __with_cases {
             lost_hint_is_recovered_by_periodic_resync,
             short_granted_lease_is_refused,
             // durable wake-ups
+            sleeping_key_is_not_claimable_before_its_wake_up,
             requeued_key_runs_after_its_delay_and_not_before,
             trigger_wakes_a_sleeping_key_early,
             wake_up_survives_restart_of_all_nodes,

@@ -88,6 +88,17 @@ pub enum WakeTime {
     At(std::time::SystemTime),
 }
 
+impl WakeTime {
+    /// The wake-up seen from `now`: how long until it (zero for an instant already past)
+    /// and the instant itself.
+    pub fn resolve(self, now: std::time::SystemTime) -> (Duration, std::time::SystemTime) {
+        match self {
+            WakeTime::After(delay) => (delay, now + delay),
+            WakeTime::At(at) => (at.duration_since(now).unwrap_or(Duration::ZERO), at),
+        }
+    }
+}
+
 /// What [`Coordinator::release`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -253,9 +264,11 @@ pub trait Coordinator: Send + Sync + 'static {
     /// - `trigger_during_failing_run_is_not_parked`: `Park` with an older sequence returns
     ///   `Retriggered`, parks nothing and keeps the key owned at the same epoch; the check
     ///   and the park are one atomic step.
-    /// - `requeued_key_runs_after_its_delay_and_not_before`: `Sleep` releases the key; it is
-    ///   not claimable before its wake-up time by the backend's clock, and claimable after;
-    ///   live nodes get `KeysAvailable` so they learn the new earliest wake-up.
+    /// - `sleeping_key_is_not_claimable_before_its_wake_up`: `Sleep` releases the key; it is
+    ///   not claimable before its wake-up time by the backend's clock;
+    ///   `requeued_key_runs_after_its_delay_and_not_before`: and claimable after.
+    ///   (The releasing engine then re-reads [`next_wake`](Coordinator::next_wake) and
+    ///   schedules its next claim round for it; other nodes learn at their next round.)
     /// - `trigger_wakes_a_sleeping_key_early`: a trigger makes a sleeping key claimable at
     ///   once and drops its wake-up; `Sleep` with an older sequence returns `Retriggered`.
     async fn release(
@@ -298,14 +311,13 @@ pub trait Coordinator: Send + Sync + 'static {
 
     /// How long until the earliest sleeping key falls due, by the backend's clock (`Some(0)`
     /// if one is due now; `None` if no key sleeps). The engine schedules a claim for then,
-    /// so wake-ups need no per-key timers and no polling. The default says `None`, for
-    /// backends without sleeping keys.
+    /// so wake-ups need no per-key timers and no polling. A backend without durable
+    /// wake-ups ([`Limits::durable_wake_ups`] `false`) answers `None`. No default: a
+    /// wrapper that forgot to forward it would silently hide every wake-up.
     ///
     /// # Contract
-    /// - `requeued_key_runs_after_its_delay_and_not_before`: reports the earliest wake-up.
-    async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError> {
-        Ok(None)
-    }
+    /// - `sleeping_key_is_not_claimable_before_its_wake_up`: reports the earliest wake-up.
+    async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError>;
 
     /// What the backend knows about one key; `None` if it is not registered.
     ///

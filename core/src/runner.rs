@@ -98,14 +98,7 @@ async fn after_run(
             };
             match release(inner, slot, how).await {
                 Some(Released::Retriggered { seq }) => {
-                    slot.note_trigger(seq.0);
-                    slot.set_failures(0);
-                    if slot.shutdown_reason().is_some() {
-                        hand_off(inner, slot).await;
-                        return false;
-                    }
-                    tracing::debug!(seq = seq.0, "triggered while completing: running again");
-                    true
+                    retriggered(inner, slot, seq, "completing").await
                 }
                 Some(_) => {
                     inner.record(|r| r.completed.push(slot.key.clone()));
@@ -124,9 +117,7 @@ async fn after_run(
             requeue(inner, slot, WakeTime::After(delay)).await
         }
         Outcome::Decided(Decision::RequeueAt(at)) => {
-            let left = at
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
+            let (left, _) = WakeTime::At(at).resolve(SystemTime::now());
             let extra = jittered(left, inner.config.requeue_jitter) - left;
             requeue(inner, slot, WakeTime::At(at + extra)).await
         }
@@ -187,6 +178,25 @@ async fn after_run(
     }
 }
 
+/// A conditional release (`Complete`, `Sleep`) answered `Retriggered`: the key stays ours
+/// and the unobserved trigger counts. Run again, or hand the key off if shutting down;
+/// `true` means run the controller again.
+async fn retriggered(
+    inner: &Arc<Inner>,
+    slot: &Arc<LoopSlot>,
+    seq: crate::TriggerSeq,
+    while_doing: &str,
+) -> bool {
+    slot.note_trigger(seq.0);
+    slot.set_failures(0);
+    if slot.shutdown_reason().is_some() {
+        hand_off(inner, slot).await;
+        return false;
+    }
+    tracing::debug!(seq = seq.0, "triggered while {while_doing}: running again");
+    true
+}
+
 /// `delay` stretched by a random part of `jitter` (never shortened).
 fn jittered(delay: Duration, jitter: f64) -> Duration {
     if jitter <= 0.0 || delay.is_zero() {
@@ -206,22 +216,13 @@ async fn requeue(inner: &Arc<Inner>, slot: &Arc<LoopSlot>, until: WakeTime) -> b
         until,
     };
     match release(inner, slot, how).await {
-        Some(Released::Retriggered { seq }) => {
-            slot.note_trigger(seq.0);
-            slot.set_failures(0);
-            if slot.shutdown_reason().is_some() {
-                hand_off(inner, slot).await;
-                return false;
-            }
-            tracing::debug!(seq = seq.0, "triggered while requeueing: running again");
-            true
-        }
+        Some(Released::Retriggered { seq }) => retriggered(inner, slot, seq, "requeueing").await,
         Some(_) => {
-            let wakes = match until {
-                WakeTime::After(delay) => SystemTime::now() + delay,
-                WakeTime::At(at) => at,
-            };
+            let (_, wakes) = until.resolve(SystemTime::now());
             tracing::debug!(?until, "requeued: sleeping");
+            // This node's claimer re-reads `next_wake` after its round and schedules the
+            // next one for this wake-up, whatever the backend tells other nodes.
+            inner.shared.claim_wake.notify_one();
             inner.record(|r| r.sleeping.push(slot.key.clone()));
             slot.emit(&KeyStatus::Sleeping { until: wakes });
             false
@@ -236,14 +237,7 @@ async fn requeue(inner: &Arc<Inner>, slot: &Arc<LoopSlot>, until: WakeTime) -> b
 /// A shutdown during the wait hands the key off (`Continue`): its next owner runs it at
 /// once, early rather than never, because the backend cannot store the wake-up.
 async fn wait_in_task(inner: &Arc<Inner>, slot: &Arc<LoopSlot>, until: WakeTime) -> bool {
-    let (wakes, left) = match until {
-        WakeTime::After(delay) => (SystemTime::now() + delay, delay),
-        WakeTime::At(at) => (
-            at,
-            at.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO),
-        ),
-    };
+    let (left, wakes) = until.resolve(SystemTime::now());
     slot.emit(&KeyStatus::Sleeping { until: wakes });
     let ended_early = tokio::select! {
         () = tokio::time::sleep(left) => false,

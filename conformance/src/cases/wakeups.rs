@@ -1,21 +1,39 @@
 //! Cases: durable wake-ups — a loop returning `RequeueAfter` sleeps without a task and runs
 //! again after its delay, on any node, or earlier when triggered.
 
-use keyloop_core::{Decision, KeyStatus, Release, Released, WakeTime};
+use std::time::Duration;
 
-use crate::{Case, Happening, Harness, Step, eventually, key};
+use keyloop_core::{Decision, Key, KeyStatus, Release, Released, WakeTime};
+
+use crate::{Case, Gate, Happening, Harness, Step, eventually, key};
 
 fn ended_with(h: &Happening, decision: Decision) -> bool {
     *h == Happening::End(decision)
 }
 
-/// A requeued key sleeps without a loop, is not claimable before its wake-up time, shows
-/// as `Sleeping`, and runs again after its delay.
-pub async fn requeued_key_runs_after_its_delay_and_not_before(harness: &dyn Harness) {
-    let mut case = Case::new(harness).await;
-    let delay = case.ttl;
+/// Asserts that the key's second run started no earlier than `delay` after its first run
+/// ended with `RequeueAfter(delay)`; returns the node of the second run.
+fn assert_second_run_not_early(case: &Case, k: &Key, delay: Duration) -> String {
+    let log = case.recorder.lock();
+    let ended = log
+        .last(k, |h| ended_with(h, Decision::RequeueAfter(delay)))
+        .expect("the first run ended with the requeue")
+        .at;
+    let again = &log.starts(k)[1];
+    assert!(
+        again.at >= ended + delay,
+        "woke {:?} after requeueing, before its delay {delay:?}:\n{}",
+        again.at - ended,
+        log.history(k)
+    );
+    again.node.clone()
+}
 
-    // The backend's half: not claimable before the wake-up; `next_wake` reports it.
+/// The backend's half of a requeue: `Sleep` releases the key, `key_info` and `next_wake`
+/// report its wake-up, and neither `claim` nor `claim_key` takes it before then.
+pub async fn sleeping_key_is_not_claimable_before_its_wake_up(harness: &dyn Harness) {
+    let case = Case::new(harness).await;
+    let delay = case.ttl;
     let k0 = key("wake/direct");
     let d1 = case.direct("d1").await;
     d1.coordinator.trigger(&k0).await.expect("trigger");
@@ -68,13 +86,31 @@ pub async fn requeued_key_runs_after_its_delay_and_not_before(harness: &dyn Harn
         None,
         "claim_key before the wake-up"
     );
+}
 
-    // The engine's half.
+/// A requeued key sleeps without a loop, shows as `Sleeping`, and runs again after its
+/// delay and not before.
+pub async fn requeued_key_runs_after_its_delay_and_not_before(harness: &dyn Harness) {
+    let mut case = Case::new(harness).await;
+    let delay = case.ttl;
     let k = key("wake/after");
-    case.script
-        .set(&k, vec![Step::RequeueAfter(delay), Step::UntilShutdown]);
-    let a = case.node("a").await;
+    // The loop requeues only once the gate opens, long after the claim round that started
+    // it has read `next_wake`; and there are no periodic claim rounds to fall back on: the
+    // engine must schedule a round for the wake-up itself.
+    let requeue_now = Gate::new();
+    case.script.set(
+        &k,
+        vec![
+            Step::AfterGate(requeue_now.clone(), Box::new(Step::RequeueAfter(delay))),
+            Step::UntilShutdown,
+        ],
+    );
+    let never = case.timeout() * 4;
+    let a = case.node_with("a", |c| c.claim_interval(never)).await;
     a.engine.trigger(k.clone()).await.expect("trigger");
+    case.wait("the loop starts", |log| log.start_count(&k) == 1)
+        .await;
+    requeue_now.open();
     case.wait("the loop requeues", |log| {
         log.count(&k, |h| ended_with(h, Decision::RequeueAfter(delay))) == 1
     })
@@ -103,20 +139,7 @@ pub async fn requeued_key_runs_after_its_delay_and_not_before(harness: &dyn Harn
         log.start_count(&k) == 2
     })
     .await;
-    {
-        let log = case.recorder.lock();
-        let ended = log
-            .last(&k, |h| ended_with(h, Decision::RequeueAfter(delay)))
-            .expect("ended")
-            .at;
-        let again = log.starts(&k)[1].at;
-        assert!(
-            again >= ended + delay,
-            "woke {:?} after requeueing, before its delay {delay:?}:\n{}",
-            again - ended,
-            log.history(&k)
-        );
-    }
+    assert_second_run_not_early(&case, &k, delay);
     case.recorder.assert_consistent();
 }
 
@@ -229,20 +252,11 @@ pub async fn wake_up_survives_restart_of_all_nodes(harness: &dyn Harness) {
         log.start_count(&k) == 2
     })
     .await;
-    {
-        let log = case.recorder.lock();
-        let ended = log
-            .last(&k, |h| ended_with(h, Decision::RequeueAfter(delay)))
-            .expect("ended")
-            .at;
-        let again = &log.starts(&k)[1];
-        assert_eq!(again.node, "b");
-        assert!(
-            again.at >= ended + delay,
-            "woke early after the restart:\n{}",
-            log.history(&k)
-        );
-    }
+    let second = assert_second_run_not_early(&case, &k, delay);
+    assert_eq!(
+        second, "b",
+        "the node started after the restart runs the key"
+    );
     case.recorder.assert_consistent();
 }
 
@@ -312,19 +326,6 @@ pub async fn requeue_without_durable_wake_ups_waits_in_the_task(harness: &dyn Ha
         log.start_count(&k) == 2
     })
     .await;
-    {
-        let log = case.recorder.lock();
-        let ended = log
-            .last(&k, |h| ended_with(h, Decision::RequeueAfter(delay)))
-            .expect("ended")
-            .at;
-        let again = log.starts(&k)[1].at;
-        assert!(
-            again >= ended + delay,
-            "woke {:?} after requeueing, before its delay {delay:?}:\n{}",
-            again - ended,
-            log.history(&k)
-        );
-    }
+    assert_second_run_not_early(&case, &k, delay);
     case.recorder.assert_consistent();
 }
