@@ -593,10 +593,13 @@ pub(crate) fn unix_nanos(at: std::time::SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The store's clock for wake-ups: the wall clock read once at open, advanced by tokio's
-/// monotonic clock since. Wall-anchored, so a stored wake-up means the same instant after a
-/// restart; monotonic within a process, so a wall-clock step does not wake keys early or
-/// late mid-run; and it follows tokio's paused clock in tests.
+/// The store's clock for wake-ups: the wall clock read when this process first opened the
+/// directory, advanced by tokio's monotonic clock since. Wall-anchored, so a stored
+/// wake-up means the same instant after a process restart (as far as the machine's wall
+/// clock is right); monotonic within a process, also across close and reopen, so a
+/// wall-clock step does not wake keys early or late; and it follows tokio's paused clock
+/// in tests.
+#[derive(Clone, Copy)]
 pub(crate) struct WakeClock {
     wall_at_open: u64,
     opened: Instant,

@@ -1,6 +1,6 @@
 //! Opening the database once per process, the format check, and flushing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use keyloop_core::CoordinatorError;
 
 use crate::config::Location;
+use crate::coordinator::WakeClock;
 use crate::error::backend_error;
 use crate::flush::GroupFlush;
 use crate::ids::Ids;
@@ -28,6 +29,10 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Registry {
     open: HashSet<PathBuf>,
+    /// The wake-up clock of every directory opened in this process, kept across closes:
+    /// reopening in the same process continues the same monotonic clock, so a wall-clock
+    /// step between close and reopen cannot wake a sleeping key early.
+    clocks: HashMap<PathBuf, WakeClock>,
 }
 
 /// Per-key locks (striped): every read-check-write of a key record happens under its
@@ -71,7 +76,7 @@ pub(crate) struct Core {
     flusher: GroupFlush,
     stripes: Vec<Mutex<()>>,
     recovered: bool,
-    pub(crate) clock: crate::coordinator::WakeClock,
+    pub(crate) clock: WakeClock,
 }
 
 impl Drop for Handle {
@@ -136,7 +141,13 @@ impl SledStore {
                         path: PathBuf::from("<temporary>"),
                         source,
                     })?;
-                Self::finish(db, config, "temporary".to_string(), None)
+                Self::finish(
+                    db,
+                    config,
+                    "temporary".to_string(),
+                    None,
+                    WakeClock::start(),
+                )
             }
             Location::Path(path) => {
                 std::fs::create_dir_all(path).map_err(|source| SledError::Io {
@@ -157,7 +168,11 @@ impl SledStore {
                     .open()
                     .map_err(|source| open_error(&canonical, source))?;
                 let label = canonical.display().to_string();
-                match Self::finish(db, config, label, Some(canonical.clone())) {
+                let clock = *registry
+                    .clocks
+                    .entry(canonical.clone())
+                    .or_insert_with(WakeClock::start);
+                match Self::finish(db, config, label, Some(canonical.clone()), clock) {
                     Ok(store) => {
                         registry.open.insert(canonical);
                         Ok(store)
@@ -178,6 +193,7 @@ impl SledStore {
         config: SledConfig,
         label: String,
         registered: Option<PathBuf>,
+        clock: WakeClock,
     ) -> Result<SledStore, SledError> {
         let path = PathBuf::from(&label);
         let sled_err = |source| SledError::Sled {
@@ -253,7 +269,7 @@ impl SledStore {
             flusher,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             recovered,
-            clock: crate::coordinator::WakeClock::start(),
+            clock,
         };
         // `registered` is recorded by the caller only once this returns, so a failed open
         // does not leave the path marked as open.
