@@ -257,6 +257,16 @@ mod damaged_files {
         (dir, path, file)
     }
 
+    fn truncate_to_half(file: &std::path::Path) {
+        let len = file.metadata().unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+    }
+
     /// Opening must fail, or succeed with every key (sled may shrug off some damage).
     async fn never_opens_with_keys_missing(path: &std::path::Path, damage: &str) {
         match SledStore::open(path) {
@@ -276,13 +286,7 @@ mod damaged_files {
     #[tokio::test]
     async fn truncated_to_half() {
         let (_dir, path, file) = fifty_keys().await;
-        let len = file.metadata().unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_len(len / 2)
-            .unwrap();
+        truncate_to_half(&file);
         never_opens_with_keys_missing(&path, "truncated to half").await;
     }
 
@@ -329,27 +333,25 @@ mod damaged_files {
     #[tokio::test]
     async fn recovery_is_explicit_and_opens_what_is_left() {
         let (_dir, path, file) = fifty_keys().await;
-        let len = file.metadata().unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_len(len / 2)
-            .unwrap();
-        if SledStore::open(&path).is_ok() {
-            return; // sled kept every key: nothing to recover.
-        }
+        truncate_to_half(&file);
+        assert!(
+            matches!(SledStore::open(&path), Err(SledError::Damaged { .. })),
+            "a plain open refuses the truncated database"
+        );
         let config = SledConfig::builder()
             .path(&path)
             .recover_damaged(true)
             .build()
             .unwrap();
-        if let Ok(store) = SledStore::open_with(config) {
-            let left = store.coordinator().inspect().await.unwrap().keys.len();
-            assert!(left <= KEYS);
-            drop(store);
-            // Recovery reset the tally: the next plain open succeeds.
-            assert!(SledStore::open(&path).is_ok());
-        }
+        let store = SledStore::open_with(config).expect("recovery opens what is left");
+        let left = store.coordinator().inspect().await.unwrap().keys.len();
+        assert!(left < KEYS, "{left} keys left after losing half the file");
+        drop(store);
+        // Recovery reset the tally and the witness: the next plain open succeeds.
+        let store = SledStore::open(&path).expect("a recovered database opens");
+        assert_eq!(
+            store.coordinator().inspect().await.unwrap().keys.len(),
+            left
+        );
     }
 }
