@@ -1,5 +1,5 @@
 //! A coordinator wrapper that injects faults: stalled heartbeats, lost notifications,
-//! `Resync`, held answers, claims whose answer is lost after they committed, shortened
+//! `Resync`, held calls and answers, claims whose answer is lost after they committed, shortened
 //! leases, events from an earlier incarnation, and delays around every call.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +30,7 @@ struct FaultState {
     last_renewal: Mutex<Option<(Instant, Duration)>>,
     heartbeats: AtomicUsize,
     owned_hold: Mutex<Option<Hold>>,
+    claim_hold: Mutex<Option<Hold>>,
     lost_claim_answers: AtomicUsize,
     granted_ttl: Mutex<Option<Duration>>,
     hide_wake_ups: AtomicBool,
@@ -37,12 +38,13 @@ struct FaultState {
     delay_seed: AtomicU64,
 }
 
-/// A held answer: the wrapped call has run on the backend, and its answer waits until the
-/// case [`release`](Hold::release)s it.
+/// A held call: it waits at the point of the hold (before it reaches the backend, or after,
+/// with its answer) until the case [`release`](Hold::release)s it.
 #[derive(Clone, Debug)]
 pub struct Hold {
     reached: Arc<watch::Sender<bool>>,
     released: Arc<watch::Sender<bool>>,
+    answered: Arc<watch::Sender<bool>>,
 }
 
 impl Hold {
@@ -50,10 +52,11 @@ impl Hold {
         Hold {
             reached: Arc::new(watch::channel(false).0),
             released: Arc::new(watch::channel(false).0),
+            answered: Arc::new(watch::channel(false).0),
         }
     }
 
-    /// Waits until the held call has run on the backend and its answer is being held.
+    /// Waits until the held call is at the point of the hold.
     pub async fn reached(&self) {
         let mut rx = self.reached.subscribe();
         let _ = rx.wait_for(|r| *r).await;
@@ -64,10 +67,20 @@ impl Hold {
         self.released.send_replace(true);
     }
 
+    /// Waits until the held call has returned its answer to the engine.
+    pub async fn answered(&self) {
+        let mut rx = self.answered.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
     async fn hold(&self) {
         self.reached.send_replace(true);
         let mut rx = self.released.subscribe();
         let _ = rx.wait_for(|r| *r).await;
+    }
+
+    fn answer(&self) {
+        self.answered.send_replace(true);
     }
 }
 
@@ -82,6 +95,7 @@ impl Faults {
                 last_renewal: Mutex::new(None),
                 heartbeats: AtomicUsize::new(0),
                 owned_hold: Mutex::new(None),
+                claim_hold: Mutex::new(None),
                 lost_claim_answers: AtomicUsize::new(0),
                 granted_ttl: Mutex::new(None),
                 hide_wake_ups: AtomicBool::new(false),
@@ -137,6 +151,14 @@ impl Faults {
     pub fn hold_next_owned(&self) -> Hold {
         let hold = Hold::new();
         *self.inner.owned_hold.lock().unwrap() = Some(hold.clone());
+        hold
+    }
+
+    /// Holds the next `claim` call before it reaches the backend, until the returned
+    /// [`Hold`] is released: a claim the engine sent just before something else happened.
+    pub fn hold_next_claim(&self) -> Hold {
+        let hold = Hold::new();
+        *self.inner.claim_hold.lock().unwrap() = Some(hold.clone());
         hold
     }
 
@@ -292,9 +314,16 @@ impl Coordinator for FaultyCoordinator {
     }
 
     async fn claim(&self, node: &NodeId, max: usize) -> Result<Vec<Claim>, CoordinatorError> {
+        let hold = self.faults.inner.claim_hold.lock().unwrap().take();
+        if let Some(hold) = &hold {
+            hold.hold().await;
+        }
         self.delay().await;
         let result = self.inner.claim(node, max).await;
         self.delay().await;
+        if let Some(hold) = &hold {
+            hold.answer();
+        }
         let took_some = result.as_ref().is_ok_and(|claims| !claims.is_empty());
         let lost = took_some
             && self
@@ -337,10 +366,13 @@ impl Coordinator for FaultyCoordinator {
         self.delay().await;
         let result = self.inner.owned(node).await;
         let hold = self.faults.inner.owned_hold.lock().unwrap().take();
-        if let Some(hold) = hold {
+        if let Some(hold) = &hold {
             hold.hold().await;
         }
         self.delay().await;
+        if let Some(hold) = &hold {
+            hold.answer();
+        }
         result
     }
 

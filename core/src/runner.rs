@@ -257,11 +257,17 @@ async fn wait_in_task(inner: &Arc<Inner>, slot: &Arc<LoopSlot>, until: WakeTime)
 }
 
 /// Releases the key for another node (`Continue`).
+///
+/// While the node shuts down, it passes itself over for the key for as long as it can
+/// still be a member: a claim it sent just before the shutdown began may reach the backend
+/// after this release, and would otherwise take the key back only for the leaving node to
+/// give it back unrun (other nodes are never passed over, so they take it at once).
 async fn hand_off(inner: &Arc<Inner>, slot: &Arc<LoopSlot>) {
+    let config = &inner.config;
     let avoid_for = if inner.phase() == RUNNING {
-        inner.config.handoff_avoid
+        config.handoff_avoid
     } else {
-        Duration::ZERO
+        config.shutdown_grace + config.abandon_timeout + config.lease_ttl
     };
     if release(inner, slot, Release::Continue { avoid_for })
         .await
