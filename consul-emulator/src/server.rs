@@ -157,7 +157,12 @@ impl Emulator {
                         let service = hyper::service::service_fn(move |req| {
                             handle(shared.clone(), config.clone(), req)
                         });
+                        // Every answer carries a `Date` header from this process's clock,
+                        // as Go's `net/http` server adds one to every answer of Consul's
+                        // `HTTPServer` (`agent/http.go` sets none itself); keyloop-consul
+                        // decides wake-ups on it. Whole seconds, like Go's.
                         let conn = hyper::server::conn::http1::Builder::new()
+                            .auto_date_header(true)
                             .serve_connection(TokioIo::new(stream), service);
                         tokio::select! {
                             _ = conn => {}

@@ -32,6 +32,8 @@ struct Answer {
     status: StatusCode,
     index: Option<u64>,
     known_leader: bool,
+    /// The `Date` header, if any.
+    date: Option<String>,
     body: String,
 }
 
@@ -94,10 +96,15 @@ impl Api {
             .get("x-consul-index")
             .map(|v| v.to_str().unwrap().parse().unwrap());
         let known_leader = r.headers().contains_key("x-consul-knownleader");
+        let date = r
+            .headers()
+            .get("date")
+            .map(|v| v.to_str().unwrap().to_string());
         Answer {
             status: r.status(),
             index,
             known_leader,
+            date,
             body: r.text().await.unwrap(),
         }
     }
@@ -1060,4 +1067,64 @@ async fn deleting_a_held_lock_key_removes_it() {
         api.kv_put(&format!("l?release={a}"), b"").await.body,
         "false"
     );
+}
+
+// ----- Server time: Go's net/http under agent/http.go
+
+/// Consul's KV entries and sessions carry no time (`agent/structs/structs.go` `DirEntry`:
+/// indexes, flags, value, session; `Session`: TTL, lock-delay, no timestamps); the only
+/// server time in the HTTP API is the `Date` header that Go's `net/http` server adds to
+/// every answer whose handler did not set one (`net/http/server.go`
+/// `chunkWriter.writeHeader`, from `time.Now()`, whole seconds). Consul's `HTTPServer`
+/// wraps a plain `http.Server` and its `wrap` sets only `X-Consul-*` and the configured
+/// `http_config.response_headers` (`agent/http.go`), so every answer — 200, 404, 409, a
+/// blocking query's — carries the answering agent's clock. keyloop-consul decides wake-ups
+/// on it.
+#[tokio::test]
+async fn every_answer_carries_the_agents_date() {
+    let api = Api::new().await;
+    let check = |what: &str, a: &Answer, before: std::time::SystemTime| {
+        let date = a
+            .date
+            .as_deref()
+            .unwrap_or_else(|| panic!("{what}: no Date header"));
+        let at = httpdate::parse_http_date(date).unwrap_or_else(|e| panic!("{what}: {date}: {e}"));
+        let after = std::time::SystemTime::now();
+        // Whole seconds, truncated: within a second before the request and the answer.
+        assert!(
+            at + Duration::from_secs(1) >= before && at <= after,
+            "{what}: Date {date} outside the request's time"
+        );
+    };
+    let before = std::time::SystemTime::now();
+    let missing = api.kv_get("missing").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    check("404", &missing, before);
+
+    let before = std::time::SystemTime::now();
+    let put = api.kv_put("k", b"v").await;
+    assert_eq!(put.status, StatusCode::OK);
+    check("put", &put, before);
+
+    let before = std::time::SystemTime::now();
+    let failed = api
+        .txn(json!([{ "KV": { "Verb": "check-index", "Key": api.key("k"), "Index": 1 } }]))
+        .await;
+    assert_eq!(failed.status, StatusCode::CONFLICT, "{}", failed.body);
+    check("409", &failed, before);
+
+    let index = api.modify_index("k").await;
+    let before = std::time::SystemTime::now();
+    let blocked = api.kv_get(&format!("k?index={index}&wait=1100ms")).await;
+    assert_eq!(blocked.status, StatusCode::OK);
+    check("blocking query", &blocked, before);
+
+    let before = std::time::SystemTime::now();
+    let session = api
+        .session_create(json!({ "TTL": "10s", "Checks": [] }))
+        .await;
+    assert_eq!(session.status, StatusCode::OK, "{}", session.body);
+    check("session create", &session, before);
+    let id = session.json()["ID"].as_str().unwrap().to_string();
+    api.destroy(&id).await;
 }
