@@ -392,6 +392,8 @@ impl std::fmt::Debug for ClientSettings {
 pub struct ConsulClient {
     http: reqwest::Client,
     settings: std::sync::Arc<ClientSettings>,
+    /// Bounds on the agent's clock from the `Date` of every answer.
+    clock: std::sync::Arc<crate::clock::ServerClock>,
 }
 
 impl std::fmt::Debug for ConsulClient {
@@ -408,7 +410,13 @@ impl ConsulClient {
         ConsulClient {
             http,
             settings: std::sync::Arc::new(settings),
+            clock: std::sync::Arc::default(),
         }
+    }
+
+    /// Bounds on the Consul agent's clock, from the `Date` headers of its answers.
+    pub(crate) fn clock(&self) -> &crate::clock::ServerClock {
+        &self.clock
     }
 
     /// The largest value accepted by [`ConsulClient::kv_put`] and in transactions.
@@ -457,7 +465,17 @@ impl ConsulClient {
             url: url.clone(),
             source,
         };
+        let sent = std::time::Instant::now();
         let resp = req.send().await.map_err(transport)?;
+        let received = std::time::Instant::now();
+        if let Some(date) = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+        {
+            self.clock.observe(sent, received, date);
+        }
         let status = resp.status();
         let index = resp
             .headers()
@@ -687,8 +705,24 @@ impl ConsulClient {
         prefix: &str,
         opts: ReadOptions,
     ) -> Result<Indexed<Vec<String>>, ClientError> {
+        self.kv_keys_up_to(prefix, None, opts).await
+    }
+
+    /// Lists the keys under `prefix` without their values; with a `separator`, keys with it
+    /// after the prefix are rolled up into one name ending at its first occurrence (Consul's
+    /// `?keys&separator=`, `agent/kvs_endpoint.go` `KVSGetKeys`).
+    pub async fn kv_keys_up_to(
+        &self,
+        prefix: &str,
+        separator: Option<&str>,
+        opts: ReadOptions,
+    ) -> Result<Indexed<Vec<String>>, ClientError> {
         let path = Self::kv_path(prefix);
-        let (query, timeout) = self.read_query(&opts, &[("keys", String::new())]);
+        let mut extra = vec![("keys", String::new())];
+        if let Some(sep) = separator {
+            extra.push(("separator", sep.to_string()));
+        }
+        let (query, timeout) = self.read_query(&opts, &extra);
         let (status, index, bytes) = self.send(Method::GET, &path, &query, None, timeout).await?;
         match status {
             StatusCode::OK => Ok(Indexed {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use keyloop_core::{
     Claim, ClusterSnapshot, Coordinator, CoordinatorError, CoordinatorEvent, Epoch, EventSink, Key,
     KeyInfo, Lease, Limits, NodeId, NodeInfo, NodeSnapshot, Release, Released, TriggerOutcome,
-    TriggerSeq,
+    TriggerSeq, WakeTime,
 };
 use rand::seq::SliceRandom;
 use tokio::task::JoinHandle;
@@ -22,11 +22,19 @@ use crate::client::{
 use crate::config::ConsulConfig;
 use crate::error::BACKEND;
 use crate::layout::{Layout, Part};
+use crate::wake::{self, DueKey, WakeCache};
 use crate::watch;
 
-/// Keys claimed per transaction: the session check plus four operations per key, within
-/// [`TXN_MAX_OPS`].
-const CLAIM_BATCH: usize = (TXN_MAX_OPS - 1) / 4;
+/// Operations per claimed key: lock, read the registry entry, check it is neither parked
+/// nor asleep, consume its trigger marker.
+const FREE_OPS: usize = 5;
+/// Operations per claimed due key: those of a free key, but instead of checking it is not
+/// asleep, check its wake-up is the one found due and delete it with its index entry.
+const DUE_OPS: usize = 7;
+/// Where the "not asleep" check sits among a free key's operations…
+const FREE_WAKE_CHECK: usize = 4;
+/// …and the wake-up check among a due key's.
+const DUE_WAKE_CHECK: usize = 4;
 /// The candidate list is re-read at most this often while it still has keys…
 const RELIST_BUSY: Duration = Duration::from_millis(250);
 /// …and at most this often once it is empty.
@@ -66,6 +74,8 @@ pub(crate) struct NodeState {
     pub(crate) ttl: Duration,
     pub(crate) events: EventSink,
     pub(crate) local: Mutex<Local>,
+    /// The coordinator's wake-up cache, which this node's watch marks stale.
+    pub(crate) wake: Arc<Mutex<WakeCache>>,
     /// The watch tasks: trigger markers, and node records.
     watch: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -92,6 +102,8 @@ pub struct ConsulCoordinator {
     config: Arc<ConsulConfig>,
     layout: Arc<Layout>,
     nodes: Mutex<HashMap<NodeId, Arc<NodeState>>>,
+    /// What was last read of the wake-up index (for `next_wake` and claim rounds).
+    wake: Arc<Mutex<WakeCache>>,
 }
 
 impl std::fmt::Debug for ConsulCoordinator {
@@ -171,6 +183,48 @@ struct KeyEntries {
     reg: Option<KvEntry>,
     own: Option<KvEntry>,
     park: Option<KvEntry>,
+    wake: Option<KvEntry>,
+}
+
+/// A key a claim tries to take.
+enum Want {
+    /// Registered, unowned, not parked, not asleep (as listed).
+    Free(Key),
+    /// Asleep and due by the agent's clock (as the wake-up index showed).
+    Due(DueKey),
+}
+
+impl Want {
+    fn key(&self) -> &Key {
+        match self {
+            Want::Free(k) => k,
+            Want::Due(d) => &d.key,
+        }
+    }
+
+    fn op_count(&self) -> usize {
+        match self {
+            Want::Free(_) => FREE_OPS,
+            Want::Due(_) => DUE_OPS,
+        }
+    }
+
+    /// Results its operations produce: the lock and the registry entry (and, due, the
+    /// wake-up check).
+    fn result_count(&self) -> usize {
+        match self {
+            Want::Free(_) => 2,
+            Want::Due(_) => 3,
+        }
+    }
+}
+
+/// The wake-up carried by a `P/k/<e>/wake` entry.
+fn wake_at(entry: Option<&KvEntry>) -> Option<std::time::SystemTime> {
+    entry
+        .filter(|e| e.modify_index != 0)
+        .and_then(wake::due_of)
+        .map(wake::from_us)
 }
 
 impl ConsulCoordinator {
@@ -181,6 +235,7 @@ impl ConsulCoordinator {
             config: Arc::new(config),
             layout,
             nodes: Mutex::new(HashMap::new()),
+            wake: Arc::default(),
         }
     }
 
@@ -279,6 +334,7 @@ impl ConsulCoordinator {
                 Part::Reg => slot.reg = Some(entry),
                 Part::Own => slot.own = Some(entry),
                 Part::Park => slot.park = Some(entry),
+                Part::Wake => slot.wake = Some(entry),
             }
         }
         Ok(keys)
@@ -312,6 +368,7 @@ impl ConsulCoordinator {
                 .filter(|(_, e)| {
                     e.reg.is_some()
                         && e.park.is_none()
+                        && e.wake.is_none()
                         && e.own.as_ref().is_none_or(|o| o.session.is_none())
                 })
                 .map(|(k, _)| k)
@@ -357,8 +414,9 @@ impl ConsulCoordinator {
         }
     }
 
-    fn claim_ops(&self, node: &NodeState, key: &Key) -> [TxnOp; 4] {
-        [
+    fn claim_ops(&self, node: &NodeState, want: &Want) -> Vec<TxnOp> {
+        let key = want.key();
+        let mut ops = vec![
             TxnOp::Lock {
                 key: self.layout.own(key),
                 value: own_value(&node.id),
@@ -374,7 +432,29 @@ impl ConsulCoordinator {
             TxnOp::Delete {
                 key: self.layout.pend(key),
             },
-        ]
+        ];
+        match want {
+            // Not asleep: a key put to sleep since it was listed stays asleep.
+            Want::Free(_) => ops.push(TxnOp::CheckNotExists {
+                key: self.layout.wake(key),
+            }),
+            // Still the wake-up found due (written with this index entry, so the same
+            // index): not one a trigger dropped, nor a later one.
+            Want::Due(d) => ops.extend([
+                TxnOp::CheckIndex {
+                    key: self.layout.wake(key),
+                    index: d.index,
+                },
+                TxnOp::Delete {
+                    key: self.layout.wake(key),
+                },
+                TxnOp::Delete {
+                    key: d.entry.clone(),
+                },
+            ]),
+        }
+        debug_assert_eq!(ops.len(), want.op_count());
+        ops
     }
 
     /// Records claims and reports triggers the watch saw in the meantime.
@@ -396,26 +476,38 @@ impl ConsulCoordinator {
         }
     }
 
-    /// Claims `keys` in one transaction, dropping those another node got first or that are
-    /// under lock-delay (each failed attempt drops at least one key, so this ends).
+    /// Claims `wants` in one transaction, dropping those another node got first or that are
+    /// under lock-delay (each failed attempt drops at least one key, so this ends). Due keys
+    /// whose wake-up check failed carry a stale index entry: they are added to `stale`.
     async fn claim_batch(
         &self,
         node: &NodeState,
-        mut keys: Vec<Key>,
+        mut wants: Vec<Want>,
+        stale: &mut Vec<DueKey>,
     ) -> Result<Vec<Claim>, CoordinatorError> {
-        while !keys.is_empty() {
+        while !wants.is_empty() {
             let mut ops = vec![self.session_check(node)];
-            ops.extend(keys.iter().flat_map(|k| self.claim_ops(node, k)));
+            // Where each want's operations start.
+            let mut starts = Vec::with_capacity(wants.len());
+            for w in &wants {
+                starts.push(ops.len());
+                ops.extend(self.claim_ops(node, w));
+            }
             match self.txn(&ops).await? {
                 TxnOutcome::Committed(results) => {
-                    // The session check, then two results per key: the lock, the registry entry.
-                    let claims = keys
+                    // The session check, then per key: the lock, the registry entry (and
+                    // the wake-up check of a due key).
+                    let mut at = 1;
+                    let claims = wants
                         .iter()
-                        .zip(results[1..].chunks(2))
-                        .map(|(key, r)| Claim {
-                            key: key.clone(),
-                            epoch: Epoch(r[0].modify_index),
-                            trigger_seq: TriggerSeq(r[1].modify_index),
+                        .map(|w| {
+                            let r = &results[at..at + w.result_count()];
+                            at += w.result_count();
+                            Claim {
+                                key: w.key().clone(),
+                                epoch: Epoch(r[0].modify_index),
+                                trigger_seq: TriggerSeq(r[1].modify_index),
+                            }
                         })
                         .collect();
                     return Ok(claims);
@@ -424,10 +516,11 @@ impl ConsulCoordinator {
                     if session_gone(&failures) {
                         return Err(self.lease_lost(node));
                     }
+                    let which = |op: usize| starts.iter().rposition(|&s| s <= op);
                     let lost: Vec<usize> = failures
                         .iter()
                         .filter(|f| f.op_index > 0)
-                        .map(|f| (f.op_index - 1) / 4)
+                        .filter_map(|f| which(f.op_index))
                         .collect();
                     if lost.is_empty() {
                         return Err(CoordinatorError::backend(
@@ -436,16 +529,194 @@ impl ConsulCoordinator {
                             None,
                         ));
                     }
-                    keys = keys
-                        .into_iter()
-                        .enumerate()
-                        .filter(|(i, _)| !lost.contains(i))
-                        .map(|(_, k)| k)
+                    let stale_at: Vec<usize> = failures
+                        .iter()
+                        .filter_map(|f| {
+                            let i = which(f.op_index)?;
+                            (matches!(wants[i], Want::Due(_))
+                                && f.op_index == starts[i] + DUE_WAKE_CHECK)
+                                .then_some(i)
+                        })
                         .collect();
+                    let mut kept = Vec::with_capacity(wants.len());
+                    for (i, w) in wants.into_iter().enumerate() {
+                        if !lost.contains(&i) {
+                            kept.push(w);
+                        } else if let (true, Want::Due(d)) = (stale_at.contains(&i), w) {
+                            stale.push(d);
+                        }
+                    }
+                    wants = kept;
                 }
             }
         }
         Ok(Vec::new())
+    }
+
+    /// Claims `wants` in as few transactions as fit Consul's operation limit; then deletes
+    /// the stale wake-up index entries met on the way (`delete-cas` at the index read: an
+    /// entry rewritten since is a live wake-up and stays). What committed is kept if a later
+    /// batch fails (pushed to `claims` as it commits).
+    async fn claim_wants(
+        &self,
+        node: &NodeState,
+        wants: Vec<Want>,
+        claims: &mut Vec<Claim>,
+    ) -> Result<(), CoordinatorError> {
+        let mut stale = Vec::new();
+        let mut batch: Vec<Want> = Vec::new();
+        let mut ops = 1;
+        let mut outcome = Ok(());
+        for w in wants {
+            if ops + w.op_count() > TXN_MAX_OPS {
+                match self
+                    .claim_batch(node, std::mem::take(&mut batch), &mut stale)
+                    .await
+                {
+                    Ok(c) => claims.extend(c),
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+                ops = 1;
+            }
+            ops += w.op_count();
+            batch.push(w);
+        }
+        if outcome.is_ok() && !batch.is_empty() {
+            match self.claim_batch(node, batch, &mut stale).await {
+                Ok(c) => claims.extend(c),
+                Err(e) => outcome = Err(e),
+            }
+        }
+        let cleanup: Vec<TxnOp> = stale
+            .into_iter()
+            .map(|d| TxnOp::DeleteCas {
+                key: d.entry,
+                index: d.index,
+            })
+            .collect();
+        for chunk in cleanup.chunks(TXN_MAX_OPS) {
+            // One at a time if one was rewritten meanwhile: the rest still go.
+            if let Ok(TxnOutcome::RolledBack(_)) = self.txn(chunk).await {
+                for op in chunk {
+                    let _ = self.txn(std::slice::from_ref(op)).await;
+                }
+            }
+        }
+        outcome
+    }
+
+    /// One entry, read linearizably.
+    async fn get_consistent(&self, kv_key: &str) -> Result<Option<KvEntry>, CoordinatorError> {
+        let got = self
+            .client_ref()
+            .kv_get(
+                kv_key,
+                ReadOptions {
+                    consistent: true,
+                    ..ReadOptions::default()
+                },
+            )
+            .await?;
+        Ok(got.value)
+    }
+
+    /// The wake-up of a sleeping `key` if it is due by the agent's clock.
+    async fn due_wake_of(&self, key: &Key) -> Result<Option<DueKey>, CoordinatorError> {
+        let got = self.get_consistent(&self.layout.wake(key)).await?;
+        let now_us = wake::floor_us(wake::agent_clock(self.client_ref()).lower);
+        Ok(got.and_then(|e| {
+            let due_us = wake::due_of(&e).filter(|due| *due <= now_us)?;
+            Some(DueKey {
+                key: key.clone(),
+                entry: self.layout.wake_entry(key, due_us),
+                index: e.modify_index,
+            })
+        }))
+    }
+
+    /// Commits `ops` after the fence and a check that the key's trigger sequence is still
+    /// `observed` (the check and the change one atomic step); `Some(Retriggered)` if a newer
+    /// trigger arrived (nothing changed, the caller keeps the key at the same epoch).
+    async fn unless_retriggered(
+        &self,
+        n: &NodeState,
+        key: &Key,
+        epoch: Epoch,
+        observed: TriggerSeq,
+        ops: &[TxnOp],
+    ) -> Result<Option<Released>, CoordinatorError> {
+        let fence = self.fence_ops(n, key, epoch);
+        let mut observed = observed.0;
+        loop {
+            let mut all = fence.to_vec();
+            all.push(TxnOp::CheckIndex {
+                key: self.layout.reg(key),
+                index: observed,
+            });
+            all.extend_from_slice(ops);
+            match self.txn(&all).await? {
+                TxnOutcome::Committed(_) => return Ok(None),
+                TxnOutcome::RolledBack(f) if f.iter().any(|f| f.op_index < 2) => {
+                    n.local.lock().unwrap().owned.remove(key);
+                    return Err(Self::fenced(n, key, epoch));
+                }
+                TxnOutcome::RolledBack(_) => {}
+            }
+            // A trigger arrived after `observed`: read it, still fenced.
+            let mut read = fence.to_vec();
+            read.push(TxnOp::Get {
+                key: self.layout.reg(key),
+            });
+            let seq = match self.txn(&read).await? {
+                TxnOutcome::Committed(r) => last_index(&r),
+                TxnOutcome::RolledBack(_) => return Err(Self::fenced(n, key, epoch)),
+            };
+            if seq <= observed {
+                // The sequence is not newer (the caller passed a later one than it could
+                // have seen): go ahead at the current one.
+                observed = seq;
+                continue;
+            }
+            if let Some(o) = n.local.lock().unwrap().owned.get_mut(key) {
+                o.seen = o.seen.max(seq);
+            }
+            return Ok(Some(Released::Retriggered {
+                seq: TriggerSeq(seq),
+            }));
+        }
+    }
+
+    /// Due sleeping keys to claim first, up to `max`, from the wake-up index — read only if
+    /// the last read shows a wake-up due by now, is 2 s old, or a node announced keys
+    /// available since (every `Sleep` does).
+    async fn due_keys(
+        &self,
+        node: &NodeState,
+        max: usize,
+    ) -> Result<Vec<DueKey>, CoordinatorError> {
+        let now_us = wake::floor_us(wake::agent_clock(self.client_ref()).lower);
+        let cached = self.wake.lock().unwrap().fresh(RELIST_MAX_AGE);
+        if let Some(earliest) = cached {
+            if earliest.is_none_or(|e| e > now_us) {
+                return Ok(Vec::new());
+            }
+        }
+        let read_at = Instant::now();
+        let (due, next) = wake::read_index(self.client_ref(), &self.layout, now_us, max).await?;
+        // The claim takes these (or finds them stale); if not, a later read sees them again.
+        self.wake.lock().unwrap().set(read_at, next);
+        let local = node.local.lock().unwrap();
+        let now = Instant::now();
+        Ok(due
+            .into_iter()
+            .filter(|d| {
+                !local.owned.contains_key(&d.key)
+                    && local.avoid.get(&d.key).is_none_or(|until| *until <= now)
+            })
+            .collect())
     }
 
     async fn mark_available(&self) -> Result<(), CoordinatorError> {
@@ -463,8 +734,9 @@ impl Coordinator for ConsulCoordinator {
     fn limits(&self) -> Limits {
         Limits {
             max_state_bytes: self.config.max_state_bytes,
-            // Not yet: the engine waits in the loop's task.
-            durable_wake_ups: false,
+            // `P/k/<key>/wake` with the registry entry, found through the `P/wake/` index,
+            // due by the Consul agent's clock (its `Date` headers).
+            durable_wake_ups: true,
         }
     }
 
@@ -526,6 +798,7 @@ impl Coordinator for ConsulCoordinator {
             ttl,
             events,
             local: Mutex::new(Local::default()),
+            wake: self.wake.clone(),
             watch: Mutex::new(Vec::new()),
         });
         let tasks = vec![
@@ -543,6 +816,14 @@ impl Coordinator for ConsulCoordinator {
             )),
         ];
         *state.watch.lock().unwrap() = tasks;
+        // Learn the earliest wake-up now rather than in the first claim round (which then
+        // costs what any claim round costs); a failure leaves it to that round.
+        if self.wake.lock().unwrap().fresh(RELIST_MAX_AGE).is_none() {
+            let read_at = Instant::now();
+            if let Ok((_, earliest)) = wake::read_index(client, &self.layout, 0, 0).await {
+                self.wake.lock().unwrap().set(read_at, earliest);
+            }
+        }
         if let Some(old) = self.nodes.lock().unwrap().insert(node.id, state) {
             old.stop_watch();
         }
@@ -607,6 +888,11 @@ impl Coordinator for ConsulCoordinator {
             TxnOp::Delete {
                 key: self.layout.park(key),
             },
+            // A trigger runs a sleeping key at once and drops its wake-up (as the other
+            // backends do). Its index entry stays, stale: the claim that meets it deletes it.
+            TxnOp::Delete {
+                key: self.layout.wake(key),
+            },
             TxnOp::Set {
                 key: self.layout.pend(key),
                 value: fresh_value(),
@@ -661,18 +947,29 @@ impl Coordinator for ConsulCoordinator {
         // means no candidate is left, not that this node lost every race.
         let mut claims = Vec::new();
         let outcome: Result<(), CoordinatorError> = async {
-            loop {
+            // Due wake-ups first (as PostgreSQL does), so a stream of new keys cannot keep
+            // sleeping keys from running.
+            let due = self.due_keys(&n, max).await?;
+            if !due.is_empty() {
+                let wanted = due.len();
+                let before = claims.len();
+                self.claim_wants(&n, due.into_iter().map(Want::Due).collect(), &mut claims)
+                    .await?;
+                if claims.len() - before < wanted {
+                    // Some were not taken (another node got them, or they were stale):
+                    // read the index again next time rather than trust this read.
+                    self.wake.lock().unwrap().stale = true;
+                }
+            }
+            while claims.len() < max {
                 let keys = self.candidates(&n, max - claims.len()).await?;
                 if keys.is_empty() {
                     return Ok(());
                 }
-                for chunk in keys.chunks(CLAIM_BATCH) {
-                    claims.extend(self.claim_batch(&n, chunk.to_vec()).await?);
-                }
-                if claims.len() >= max {
-                    return Ok(());
-                }
+                self.claim_wants(&n, keys.into_iter().map(Want::Free).collect(), &mut claims)
+                    .await?;
             }
+            Ok(())
         }
         .await;
         match outcome {
@@ -723,22 +1020,28 @@ impl Coordinator for ConsulCoordinator {
             }
         }
         let mut ops = vec![self.session_check(&n)];
-        ops.extend(self.claim_ops(&n, key));
-        match self.txn(&ops).await? {
-            TxnOutcome::Committed(r) => {
-                // The session check, the lock, the registry entry.
-                let mut claims = [Claim {
-                    key: key.clone(),
-                    epoch: Epoch(r[1].modify_index),
-                    trigger_seq: TriggerSeq(r[2].modify_index),
-                }];
-                self.record_claims(&n, &mut claims);
-                let [claim] = claims;
-                Ok(Some(claim))
+        ops.extend(self.claim_ops(&n, &Want::Free(key.clone())));
+        let mut claims = match self.txn(&ops).await? {
+            // The session check, the lock, the registry entry.
+            TxnOutcome::Committed(r) => vec![Claim {
+                key: key.clone(),
+                epoch: Epoch(r[1].modify_index),
+                trigger_seq: TriggerSeq(r[2].modify_index),
+            }],
+            TxnOutcome::RolledBack(f) if session_gone(&f) => return Err(self.lease_lost(&n)),
+            // Asleep (its "not asleep" check failed): claimable if its wake-up is due.
+            TxnOutcome::RolledBack(f) if f.iter().any(|f| f.op_index == 1 + FREE_WAKE_CHECK) => {
+                let Some(due) = self.due_wake_of(key).await? else {
+                    return Ok(None);
+                };
+                let mut stale = Vec::new();
+                self.claim_batch(&n, vec![Want::Due(due)], &mut stale)
+                    .await?
             }
-            TxnOutcome::RolledBack(f) if session_gone(&f) => Err(self.lease_lost(&n)),
-            TxnOutcome::RolledBack(_) => Ok(None),
-        }
+            TxnOutcome::RolledBack(_) => return Ok(None),
+        };
+        self.record_claims(&n, &mut claims);
+        Ok(claims.pop())
     }
 
     async fn release(
@@ -756,60 +1059,22 @@ impl Coordinator for ConsulCoordinator {
         let fence = self.fence_ops(&n, key, epoch);
         let outcome = match how {
             Release::Complete { observed_seq } => {
-                let mut observed = observed_seq.0;
-                loop {
-                    let mut ops = fence.to_vec();
-                    ops.push(TxnOp::CheckIndex {
-                        key: self.layout.reg(key),
-                        index: observed,
-                    });
-                    ops.extend([
-                        TxnOp::Delete {
-                            key: self.layout.reg(key),
-                        },
-                        TxnOp::Delete {
-                            key: self.layout.own(key),
-                        },
-                        TxnOp::Delete {
-                            key: self.layout.park(key),
-                        },
-                        TxnOp::Delete {
-                            key: self.layout.pend(key),
-                        },
-                        TxnOp::Delete {
-                            key: self.layout.state(key),
-                        },
-                    ]);
-                    match self.txn(&ops).await? {
-                        TxnOutcome::Committed(_) => break Released::Retired,
-                        TxnOutcome::RolledBack(f) if f.iter().any(|f| f.op_index < 2) => {
-                            n.local.lock().unwrap().owned.remove(key);
-                            return Err(Self::fenced(&n, key, epoch));
-                        }
-                        TxnOutcome::RolledBack(_) => {}
-                    }
-                    // A trigger arrived after `observed`: read it, still fenced.
-                    let mut ops = fence.to_vec();
-                    ops.push(TxnOp::Get {
-                        key: self.layout.reg(key),
-                    });
-                    let seq = match self.txn(&ops).await? {
-                        TxnOutcome::Committed(r) => last_index(&r),
-                        TxnOutcome::RolledBack(_) => return Err(Self::fenced(&n, key, epoch)),
-                    };
-                    if seq <= observed {
-                        // The sequence is not newer (the caller passed a later one than it
-                        // could have seen): retire at the current one.
-                        observed = seq;
-                        continue;
-                    }
-                    if let Some(o) = n.local.lock().unwrap().owned.get_mut(key) {
-                        o.seen = o.seen.max(seq);
-                    }
-                    return Ok(Released::Retriggered {
-                        seq: TriggerSeq(seq),
-                    });
+                let ops = [
+                    self.layout.reg(key),
+                    self.layout.own(key),
+                    self.layout.park(key),
+                    self.layout.wake(key),
+                    self.layout.pend(key),
+                    self.layout.state(key),
+                ]
+                .map(|key| TxnOp::Delete { key });
+                if let Some(retriggered) = self
+                    .unless_retriggered(&n, key, epoch, observed_seq, &ops)
+                    .await?
+                {
+                    return Ok(retriggered);
                 }
+                Released::Retired
             }
             Release::Continue { avoid_for } => {
                 let mut ops = fence.to_vec();
@@ -843,50 +1108,66 @@ impl Coordinator for ConsulCoordinator {
                 error,
                 observed_seq,
             } => {
-                let mut observed = observed_seq.0;
-                loop {
-                    let mut ops = fence.to_vec();
-                    // Park only if no trigger arrived that the failing run did not observe.
-                    ops.push(TxnOp::CheckIndex {
-                        key: self.layout.reg(key),
-                        index: observed,
-                    });
-                    ops.push(TxnOp::Set {
+                let ops = [
+                    TxnOp::Set {
                         key: self.layout.park(key),
-                        value: Bytes::from(error.clone()),
-                    });
-                    ops.push(TxnOp::Unlock {
+                        value: Bytes::from(error),
+                    },
+                    TxnOp::Unlock {
                         key: self.layout.own(key),
                         value: released_value(&n.id, epoch.0),
                         session: n.session.clone(),
-                    });
-                    match self.txn(&ops).await? {
-                        TxnOutcome::Committed(_) => break Released::Released,
-                        TxnOutcome::RolledBack(f) if f.iter().any(|f| f.op_index < 2) => {
-                            n.local.lock().unwrap().owned.remove(key);
-                            return Err(Self::fenced(&n, key, epoch));
-                        }
-                        TxnOutcome::RolledBack(_) => {}
-                    }
-                    let mut ops = fence.to_vec();
-                    ops.push(TxnOp::Get {
-                        key: self.layout.reg(key),
-                    });
-                    let seq = match self.txn(&ops).await? {
-                        TxnOutcome::Committed(r) => last_index(&r),
-                        TxnOutcome::RolledBack(_) => return Err(Self::fenced(&n, key, epoch)),
-                    };
-                    if seq <= observed {
-                        observed = seq;
-                        continue;
-                    }
-                    if let Some(o) = n.local.lock().unwrap().owned.get_mut(key) {
-                        o.seen = o.seen.max(seq);
-                    }
-                    return Ok(Released::Retriggered {
-                        seq: TriggerSeq(seq),
-                    });
+                    },
+                ];
+                if let Some(retriggered) = self
+                    .unless_retriggered(&n, key, epoch, observed_seq, &ops)
+                    .await?
+                {
+                    return Ok(retriggered);
                 }
+                Released::Released
+            }
+            Release::Sleep {
+                observed_seq,
+                until,
+            } => {
+                // Due by the agent's clock: `After` counts from the latest the agent's clock
+                // can read now, so the wake-up is never early however the bounds are off.
+                let (due_us, local) = match until {
+                    WakeTime::After(delay) => (
+                        wake::ceil_us(wake::agent_clock(self.client_ref()).upper + delay),
+                        Some(Instant::now() + delay),
+                    ),
+                    WakeTime::At(at) => (wake::ceil_us(at), None),
+                };
+                let ops = [
+                    TxnOp::Set {
+                        key: self.layout.wake(key),
+                        value: wake::wake_value(due_us),
+                    },
+                    TxnOp::Set {
+                        key: self.layout.wake_entry(key, due_us),
+                        value: fresh_value(),
+                    },
+                    TxnOp::Unlock {
+                        key: self.layout.own(key),
+                        value: released_value(&n.id, epoch.0),
+                        session: n.session.clone(),
+                    },
+                    // Every node re-reads the earliest wake-up (nothing became claimable).
+                    TxnOp::Set {
+                        key: self.layout.wake_marker(),
+                        value: fresh_value(),
+                    },
+                ];
+                if let Some(retriggered) = self
+                    .unless_retriggered(&n, key, epoch, observed_seq, &ops)
+                    .await?
+                {
+                    return Ok(retriggered);
+                }
+                self.wake.lock().unwrap().slept(due_us, local);
+                Released::Released
             }
             other => {
                 return Err(CoordinatorError::backend(
@@ -934,17 +1215,8 @@ impl Coordinator for ConsulCoordinator {
     }
 
     async fn load_state(&self, key: &Key) -> Result<Option<Bytes>, CoordinatorError> {
-        let got = self
-            .client_ref()
-            .kv_get(
-                &self.layout.state(key),
-                ReadOptions {
-                    consistent: true,
-                    ..ReadOptions::default()
-                },
-            )
-            .await?;
-        Ok(got.value.map(|e| e.value))
+        let got = self.get_consistent(&self.layout.state(key)).await?;
+        Ok(got.map(|e| e.value))
     }
 
     async fn save_state(
@@ -978,10 +1250,38 @@ impl Coordinator for ConsulCoordinator {
         }
     }
 
-    /// No durable wake-ups here yet (`durable_wake_ups` is false): the engine waits in the
-    /// loop's task instead, so no key ever sleeps in Consul.
+    /// How long until the earliest entry of the wake-up index may be due: against the upper
+    /// bound of the agent's clock while that is before it, then against the lower bound (a
+    /// claim takes a key only once the lower bound has reached its due time, so a round
+    /// scheduled early finds nothing and schedules the next for when it surely is). Served from the last read
+    /// while it is under 2 s old and no node announced keys available since; otherwise one
+    /// listing of the bucket names and one of the earliest bucket. A stale entry (a trigger
+    /// dropped its wake-up) may report a time at which nothing falls due: that round
+    /// deletes it.
     async fn next_wake(&self) -> Result<Option<Duration>, CoordinatorError> {
-        Ok(None)
+        let cached = self.wake.lock().unwrap().fresh(RELIST_MAX_AGE);
+        let earliest: Option<u64> = match cached {
+            Some(earliest) => earliest,
+            None => {
+                let read_at = Instant::now();
+                let (_, earliest) = wake::read_index(self.client_ref(), &self.layout, 0, 0).await?;
+                self.wake.lock().unwrap().set(read_at, earliest);
+                earliest
+            }
+        };
+        let clock = wake::agent_clock(self.client_ref());
+        let own = earliest.and_then(|due| self.wake.lock().unwrap().own_left(due));
+        Ok(earliest.map(|due_us| {
+            let due = wake::from_us(due_us);
+            // Until the agent's clock may read `due` (its upper bound); once it may, until
+            // it surely does (the lower bound), which is when a claim takes the key.
+            let by_agent = match due.duration_since(clock.upper) {
+                Ok(d) if !d.is_zero() => d,
+                _ => due.duration_since(clock.lower).unwrap_or(Duration::ZERO),
+            };
+            // A wake-up stored here: no later than its delay from the release, locally.
+            own.map_or(by_agent, |own| own.min(by_agent))
+        }))
     }
 
     async fn key_info(&self, key: &Key) -> Result<Option<KeyInfo>, CoordinatorError> {
@@ -995,9 +1295,12 @@ impl Coordinator for ConsulCoordinator {
             TxnOp::GetOrEmpty {
                 key: self.layout.park(key),
             },
+            TxnOp::GetOrEmpty {
+                key: self.layout.wake(key),
+            },
         ];
         let r = match self.txn(&ops).await? {
-            TxnOutcome::Committed(r) if r.len() == 3 => r,
+            TxnOutcome::Committed(r) if r.len() == 4 => r,
             other => {
                 return Err(CoordinatorError::backend(
                     BACKEND,
@@ -1016,7 +1319,7 @@ impl Coordinator for ConsulCoordinator {
             trigger_seq: TriggerSeq(r[0].modify_index),
             parked: (r[2].modify_index != 0)
                 .then(|| String::from_utf8_lossy(&r[2].value).into_owned()),
-            wake_at: None,
+            wake_at: wake_at(Some(&r[3])),
         }))
     }
 
@@ -1062,7 +1365,7 @@ impl Coordinator for ConsulCoordinator {
                     parked: e
                         .park
                         .map(|p| String::from_utf8_lossy(&p.value).into_owned()),
-                    wake_at: None,
+                    wake_at: wake_at(e.wake.as_ref()),
                 })
             })
             .collect();

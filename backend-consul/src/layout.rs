@@ -5,9 +5,12 @@
 //! | `P/k/<e>/reg` | the key is registered; its `ModifyIndex` is the trigger sequence (each trigger rewrites it with a fresh value) |
 //! | `P/k/<e>/own` | the ownership lock, acquired with the owner node's session; value = owner node id; its `ModifyIndex` right after the acquisition is the epoch |
 //! | `P/k/<e>/park` | the key is parked; value = the last error |
+//! | `P/k/<e>/wake` | the key sleeps ([`Release::Sleep`](keyloop_core::Release)); value = `<due> <nonce>`, `<due>` in Unix microseconds of the Consul agent's clock; written in the same transaction as its index entry, so both share one `ModifyIndex` |
+//! | `P/wake/<b>/<due>.<e>` | the wake-up index: `<due>` zero-padded to 19 digits, `<b>` = `<due>` / 60 000 000 (one bucket per minute) zero-padded to 12, so names sort by due time; value = a fresh nonce. A trigger drops only `P/k/<e>/wake`, leaving its index entry stale: a claim that meets it finds the `ModifyIndex` mismatch and deletes it (`delete-cas`) |
 //! | `P/state/<e>` | the key's state, raw bytes |
 //! | `P/pend/<e>` | notification marker written with every trigger, consumed with `delete-cas` by the owner's watch (or by a claim) |
 //! | `P/pend/~avail` | rewritten (with a fresh value) whenever keys become claimable; every node's watch sees it |
+//! | `P/pend/~wake` | rewritten (with a fresh value) whenever a key goes to sleep: every node's watch marks its wake-up cache stale and its engine asks for the next wake-up |
 //! | `P/nodes/<node id>` | one per node, locked by its session (so `Session` shows it alive, and its release announces the node's death to the other nodes' record watch); value = JSON with its name |
 //!
 //! `<e>` is the key escaped into one path segment: bytes outside `[A-Za-z0-9_.-]` (and a
@@ -19,6 +22,9 @@
 use keyloop_core::{InvalidKey, Key, NodeId};
 
 const AVAIL: &str = "~avail";
+const WAKE_MARKER: &str = "~wake";
+/// Width of one bucket of the wake-up index, in microseconds (a minute).
+pub(crate) const WAKE_BUCKET_US: u64 = 60_000_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
@@ -31,6 +37,15 @@ pub(crate) enum Part {
     Reg,
     Own,
     Park,
+    Wake,
+}
+
+/// One entry of the wake-up index `P/wake/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WakeEntry {
+    pub(crate) key: Key,
+    /// When it falls due, Unix microseconds of the agent's clock.
+    pub(crate) due_us: u64,
 }
 
 impl Layout {
@@ -54,6 +69,41 @@ impl Layout {
 
     pub(crate) fn park(&self, key: &Key) -> String {
         format!("{}/k/{}/park", self.prefix, escape(key.as_str()))
+    }
+
+    pub(crate) fn wake(&self, key: &Key) -> String {
+        format!("{}/k/{}/wake", self.prefix, escape(key.as_str()))
+    }
+
+    pub(crate) fn wake_prefix(&self) -> String {
+        format!("{}/wake/", self.prefix)
+    }
+
+    /// The wake-up index entry of `key` falling due at `due_us`.
+    pub(crate) fn wake_entry(&self, key: &Key, due_us: u64) -> String {
+        format!(
+            "{}{:012}/{due_us:019}.{}",
+            self.wake_prefix(),
+            due_us / WAKE_BUCKET_US,
+            escape(key.as_str())
+        )
+    }
+
+    /// The first due time a bucket name (`P/wake/<b>/`, as `?keys&separator=/` lists it)
+    /// can hold; `None` for anything else.
+    pub(crate) fn parse_wake_bucket(&self, name: &str) -> Option<u64> {
+        let b = name.strip_prefix(&self.wake_prefix())?.strip_suffix('/')?;
+        let b: u64 = b.parse().ok()?;
+        b.checked_mul(WAKE_BUCKET_US)
+    }
+
+    /// Splits `P/wake/<b>/<due>.<e>`; `None` for anything else.
+    pub(crate) fn parse_wake_entry(&self, kv_key: &str) -> Option<Result<WakeEntry, InvalidKey>> {
+        let rest = kv_key.strip_prefix(&self.wake_prefix())?;
+        let (_, name) = rest.split_once('/')?;
+        let (due, escaped) = name.split_once('.')?;
+        let due_us = due.parse().ok()?;
+        Some(unescape(escaped).map(|key| WakeEntry { key, due_us }))
     }
 
     pub(crate) fn state(&self, key: &Key) -> String {
@@ -88,6 +138,7 @@ impl Layout {
             "reg" => Part::Reg,
             "own" => Part::Own,
             "park" => Part::Park,
+            "wake" => Part::Wake,
             _ => return None,
         };
         Some(unescape(escaped).map(|k| (k, part)))
@@ -97,7 +148,7 @@ impl Layout {
     /// availability marker or anything else.
     pub(crate) fn parse_pend(&self, kv_key: &str) -> Option<Result<Key, InvalidKey>> {
         let rest = kv_key.strip_prefix(&self.pend_prefix())?;
-        if rest == AVAIL || rest.is_empty() {
+        if rest == AVAIL || rest == WAKE_MARKER || rest.is_empty() {
             return None;
         }
         Some(unescape(rest))
@@ -105,6 +156,14 @@ impl Layout {
 
     pub(crate) fn is_avail(&self, kv_key: &str) -> bool {
         kv_key == self.avail()
+    }
+
+    pub(crate) fn wake_marker(&self) -> String {
+        format!("{}/pend/{WAKE_MARKER}", self.prefix)
+    }
+
+    pub(crate) fn is_wake_marker(&self, kv_key: &str) -> bool {
+        kv_key == self.wake_marker()
     }
 }
 
@@ -192,9 +251,34 @@ mod tests {
             l.parse_key_entry(&l.park(&k)).unwrap().unwrap(),
             (k.clone(), Part::Park)
         );
+        assert_eq!(
+            l.parse_key_entry(&l.wake(&k)).unwrap().unwrap(),
+            (k.clone(), Part::Wake)
+        );
         assert!(l.parse_key_entry(&l.state(&k)).is_none());
+        let dotted = Key::new("a.b/c").unwrap();
+        let entry = l.wake_entry(&dotted, 1_700_000_123_456_789);
+        assert_eq!(
+            entry,
+            "app/keyloop/wake/000028333335/0001700000123456789.a.b%2Fc"
+        );
+        assert_eq!(
+            l.parse_wake_entry(&entry).unwrap().unwrap(),
+            WakeEntry {
+                key: dotted,
+                due_us: 1_700_000_123_456_789
+            }
+        );
+        assert_eq!(
+            l.parse_wake_bucket("app/keyloop/wake/000028333335/"),
+            Some(28_333_335 * WAKE_BUCKET_US)
+        );
+        // Names sort by due time.
+        assert!(l.wake_entry(&k, 999_999_999) < l.wake_entry(&k, 1_000_000_000));
         assert_eq!(l.parse_pend(&l.pend(&k)).unwrap().unwrap(), k);
         assert!(l.parse_pend(&l.avail()).is_none());
+        assert!(l.parse_pend(&l.wake_marker()).is_none());
+        assert!(l.is_wake_marker(&l.wake_marker()));
         assert!(l.is_avail(&l.avail()));
     }
 

@@ -26,10 +26,12 @@
 //! ```
 
 mod client;
+mod clock;
 mod config;
 mod coordinator;
 mod error;
 mod layout;
+mod wake;
 mod watch;
 
 pub use client::{

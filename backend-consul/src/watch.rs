@@ -43,6 +43,7 @@ pub(crate) async fn run(
     let prefix = layout.pend_prefix();
     let mut index = 0u64;
     let mut last_avail: Option<u64> = None;
+    let mut last_wake: Option<u64> = None;
     let mut gap = false;
     let mut failures = 0u32;
     let mut not_before = Instant::now();
@@ -89,6 +90,16 @@ pub(crate) async fn run(
                     if last_avail != Some(entry.modify_index) {
                         last_avail = Some(entry.modify_index);
                         local.stale = true;
+                        events.push(CoordinatorEvent::KeysAvailable);
+                    }
+                    continue;
+                }
+                if layout.is_wake_marker(&entry.key) {
+                    if last_wake != Some(entry.modify_index) {
+                        last_wake = Some(entry.modify_index);
+                        // A key went to sleep: re-read the wake-up index, and let the
+                        // engine run a round, after which it asks for the next wake-up.
+                        node.wake.lock().unwrap().stale = true;
                         events.push(CoordinatorEvent::KeysAvailable);
                     }
                     continue;

@@ -73,10 +73,4 @@ impl Namespace for ConsulNamespace {
     }
 }
 
-keyloop_conformance::conformance_tests!(ConsulHarness, paused = false, skip = {
-    sleeping_key_is_not_claimable_before_its_wake_up: "no durable wake-ups yet (Limits::durable_wake_ups is false)",
-    requeued_key_runs_after_its_delay_and_not_before: "no durable wake-ups yet (Limits::durable_wake_ups is false); the in-task fallback is checked by requeue_without_durable_wake_ups_waits_in_the_task",
-    trigger_wakes_a_sleeping_key_early: "no durable wake-ups yet (Limits::durable_wake_ups is false)",
-    wake_up_survives_restart_of_all_nodes: "no durable wake-ups yet (Limits::durable_wake_ups is false)",
-    many_sleeping_keys_hold_no_loop_and_all_wake: "no durable wake-ups yet: a requeued key keeps its loop",
-});
+keyloop_conformance::conformance_tests!(ConsulHarness, paused = false);

@@ -8,7 +8,7 @@ use keyloop_consul::{ConsulConfig, ConsulCoordinator};
 use keyloop_consul_emulator::{Control, Emulator, EmulatorConfig, FaultKind, Target};
 use keyloop_core::{
     Coordinator, CoordinatorError, CoordinatorEvent, Decision, Engine, Epoch, EventSink, Key,
-    NodeId, NodeInfo, Release, Released, ShutdownReason, TriggerSeq, controller_fn,
+    NodeId, NodeInfo, Release, Released, ShutdownReason, TriggerSeq, WakeTime, controller_fn,
 };
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -715,7 +715,7 @@ async fn request_counts_per_operation() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let counts_before = ctl.request_counts();
     let before = ctl.request_total();
-    other.trigger(&k).await.unwrap();
+    let retriggered = other.trigger(&k).await.unwrap();
     let trigger_owned_caller = delta(before);
     // Let the owner's watch answer and consume the marker.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -731,10 +731,41 @@ async fn request_counts_per_operation() {
         .unwrap();
     let save = delta(before);
 
+    let before = ctl.request_total();
+    let slept = c
+        .release(
+            &a.id,
+            &k,
+            claims[0].epoch,
+            Release::Sleep {
+                observed_seq: retriggered.seq,
+                until: WakeTime::After(Duration::from_secs(60)),
+            },
+        )
+        .await
+        .unwrap();
+    let sleep = delta(before);
+    assert_eq!(slept, Released::Released);
+    // The watch sees the sleep's marker: the next read of the wake-up index goes to Consul…
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = ctl.request_total();
+    assert!(c.next_wake().await.unwrap().is_some());
+    let next_wake_read = delta(before);
+    // …and the one after is served from what it read.
+    let before = ctl.request_total();
+    assert!(c.next_wake().await.unwrap().is_some());
+    let next_wake_cached = delta(before);
+    let before = ctl.request_total();
+    assert!(c.claim(&a.id, 1).await.unwrap().is_empty());
+    let claim_nothing_due = delta(before);
+
     println!("requests: watch answers per unowned trigger (1 node)={watch_answers_unowned}");
     println!(
-        "requests: trigger(unowned)={trigger_unowned} trigger(owned) caller={trigger_owned_caller} system={trigger_owned_total} claim(1 key)={claim_requests} heartbeat={heartbeat} save_state={save}"
+        "requests: trigger(unowned)={trigger_unowned} trigger(owned) caller={trigger_owned_caller} system={trigger_owned_total} claim(1 key)={claim_requests} heartbeat={heartbeat} save_state={save} sleep={sleep} next_wake(cached)={next_wake_cached} next_wake(after a sleep)={next_wake_read} claim(nothing due)={claim_nothing_due}"
     );
+    assert_eq!(sleep, 1);
+    assert_eq!(next_wake_cached, 0);
+    assert_eq!(next_wake_read, 2, "bucket names and the earliest bucket");
     assert_eq!(trigger_unowned, 2);
     assert_eq!(trigger_owned_caller, 1);
     assert_eq!(claim_requests, 2, "one listing and one transaction");
