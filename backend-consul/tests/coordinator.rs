@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use keyloop_consul::{ConsulConfig, ConsulCoordinator};
+use keyloop_consul::{ConsulConfig, ConsulCoordinator, ReadOptions};
 use keyloop_consul_emulator::{Control, Emulator, EmulatorConfig, FaultKind, Target};
 use keyloop_core::{
     Coordinator, CoordinatorError, CoordinatorEvent, Decision, Engine, Epoch, EventSink, Key,
@@ -1237,4 +1237,78 @@ async fn a_dead_nodes_keys_are_announced_again_after_lock_delay() {
     let claims = b_c.claim(&b.id, 10).await.unwrap();
     assert_eq!(claims.len(), 1, "claimable once announced: {claims:?}");
     assert!(claims[0].epoch > first.epoch);
+}
+
+/// A trigger drops a sleeping key's wake-up but leaves its index entry: once that entry
+/// falls due it must neither wake the key's later sleep early nor linger. The claim that
+/// meets it sees the wake-up's `ModifyIndex` differ, takes nothing, and deletes the entry.
+#[tokio::test]
+async fn a_wake_up_dropped_by_a_trigger_wakes_nothing_and_is_cleaned_up() {
+    let emu = emulator().await;
+    let c = coordinator(&emu, Duration::ZERO);
+    let a = join(&c, "a").await;
+    let k = key("wake/stale");
+    let sleep = |claim: keyloop_core::Claim, delay: Duration| {
+        let c = &c;
+        let id = a.id;
+        async move {
+            c.release(
+                &id,
+                &claim.key,
+                claim.epoch,
+                Release::Sleep {
+                    observed_seq: claim.trigger_seq,
+                    until: WakeTime::After(delay),
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let index = || async {
+        c.client()
+            .kv_keys("t/wake/", ReadOptions::default())
+            .await
+            .unwrap()
+            .value
+    };
+
+    c.trigger(&k).await.unwrap();
+    let first = c.claim_key(&a.id, &k).await.unwrap().unwrap();
+    assert_eq!(
+        sleep(first, Duration::from_millis(300)).await,
+        Released::Released
+    );
+    assert_eq!(index().await.len(), 1);
+    // The trigger wakes it at once; it sleeps again, for long.
+    c.trigger(&k).await.unwrap();
+    let second = c
+        .claim_key(&a.id, &k)
+        .await
+        .unwrap()
+        .expect("a trigger wakes it");
+    assert_eq!(
+        sleep(second, Duration::from_secs(60)).await,
+        Released::Released
+    );
+    assert_eq!(index().await.len(), 2, "the first entry is stale, not gone");
+
+    // The stale entry falls due (with a margin for the clock bounds' width).
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(
+        c.next_wake().await.unwrap(),
+        Some(Duration::ZERO),
+        "the stale entry reads as due"
+    );
+    let claimed = c.claim(&a.id, 10).await.unwrap();
+    assert!(
+        claimed.is_empty(),
+        "woken early by a dropped wake-up: {claimed:?}"
+    );
+    assert_eq!(c.claim_key(&a.id, &k).await.unwrap(), None);
+    assert_eq!(index().await.len(), 1, "the claim deleted the stale entry");
+    let next = c.next_wake().await.unwrap().expect("the live wake-up");
+    assert!(next > Duration::from_secs(50), "{next:?}");
+    let info = c.key_info(&k).await.unwrap().unwrap();
+    assert!(info.wake_at.is_some() && info.owner.is_none(), "{info:?}");
 }
