@@ -6,8 +6,13 @@
 //! triggers as durable per-key entries plus markers consumed with CAS, every write of them a
 //! fresh value (Consul skips writes that store what is stored); `?consistent` on every read
 //! that decides ownership or a sequence; two blocking queries per node for notifications
-//! (trigger markers, and node records whose session ended). See the crate README for the
-//! KV layout, the failover bound, request counts, and how to validate a Consul version.
+//! (trigger markers, and node records whose session ended). Durable wake-ups
+//! (`Release::Sleep`) are stored with the key's registry entries and in a wake-up index
+//! whose names sort by due time, so claim rounds find due keys without listing the
+//! registry; a key is due once the Consul agent's clock — the only server time Consul's
+//! API exposes, the `Date` header of its answers — has surely reached its due time. See
+//! the crate README for the KV layout, the clock, the failover bound, request counts, and
+//! how to validate a Consul version.
 //!
 //! ```
 //! use std::time::Duration;

@@ -22,7 +22,7 @@ pub enum Decision {
     /// loop did not observe is already pending, the loop runs again at once instead.
     ///
     /// Durable on backends whose [`Limits::durable_wake_ups`](crate::Limits) is `true`
-    /// (memory, sled and PostgreSQL today). On the others (Consul for now) the engine keeps the
+    /// (memory, sled, PostgreSQL and Consul). On a backend without them the engine keeps the
     /// key's loop and waits in its task instead: a trigger or the delay ends the wait, and
     /// a handoff or failover during it runs the key at once (early, never lost).
     RequeueAfter(std::time::Duration),
