@@ -708,15 +708,23 @@ impl ConsulCoordinator {
         let (due, next) = wake::read_index(self.client_ref(), &self.layout, now_us, max).await?;
         // The claim takes these (or finds them stale); if not, a later read sees them again.
         self.wake.lock().unwrap().set(read_at, next);
-        let local = node.local.lock().unwrap();
-        let now = Instant::now();
-        Ok(due
-            .into_iter()
-            .filter(|d| {
-                !local.owned.contains_key(&d.key)
-                    && local.avoid.get(&d.key).is_none_or(|until| *until <= now)
-            })
-            .collect())
+        let (wanted, avoided) = {
+            let local = node.local.lock().unwrap();
+            let now = Instant::now();
+            // An owned key's entry is stale (claims delete the wake-up); it is cleaned up by
+            // a round after the key is released.
+            let unowned = due
+                .into_iter()
+                .filter(|d| !local.owned.contains_key(&d.key));
+            let (wanted, avoided): (Vec<DueKey>, Vec<DueKey>) =
+                unowned.partition(|d| local.avoid.get(&d.key).is_none_or(|until| *until <= now));
+            (wanted, !avoided.is_empty())
+        };
+        if avoided {
+            // Passed over here, still due: not to be hidden from `next_wake` by this read.
+            self.wake.lock().unwrap().stale = true;
+        }
+        Ok(wanted)
     }
 
     async fn mark_available(&self) -> Result<(), CoordinatorError> {
