@@ -1,0 +1,96 @@
+//! Seeded fault schedules on the memory backend, multi-thread runtime: the intact engine
+//! shows no violation, and engines or coordinators with known bugs are caught.
+//!
+//! Rerun one schedule with `KEYLOOP_CHECK_SEED=<seed> cargo test -p keyloop-check --test
+//! schedules_memory ci_slice`; its history is written to the temporary directory.
+
+#[path = "common/schedule.rs"]
+mod schedule;
+
+use std::time::Instant;
+
+use keyloop_conformance::Breakage;
+use keyloop_core::Defect;
+use schedule::{Options, Outcome, run_schedules, save_history, seed_from_env};
+
+/// Schedules in the CI slice (about a minute on a shared 2-core machine).
+const CI_SCHEDULES: u64 = 40;
+
+fn describe(outcome: &Outcome) -> String {
+    format!(
+        "seed {}: {} ops, faults {:?}, convergence {:?}, {}",
+        outcome.seed,
+        outcome.ops,
+        outcome.faults,
+        outcome.convergence,
+        outcome
+            .report
+            .by_kind()
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+#[test]
+fn ci_slice_finds_no_violation() {
+    let (first, count) = match seed_from_env() {
+        Some(seed) => (seed, 1),
+        None => (0, CI_SCHEDULES),
+    };
+    let options = Options::default();
+    let started = Instant::now();
+    let mut failed = Vec::new();
+    run_schedules(first, count, &options, |outcome| {
+        println!("{}", describe(&outcome));
+        if !outcome.report.is_ok() {
+            let path = save_history(&outcome, "memory");
+            println!("{}history: {}", outcome.report, path.display());
+            failed.push(outcome.seed);
+        }
+        true
+    });
+    println!("{count} schedules in {:?}", started.elapsed());
+    assert!(
+        failed.is_empty(),
+        "schedules with violations, rerun each with KEYLOOP_CHECK_SEED=<seed>: {failed:?}"
+    );
+}
+
+/// Runs up to `max` schedules against `breakage`; panics unless one shows a violation.
+fn assert_caught(breakage: Breakage, max: u64) {
+    let options = Options {
+        breakage: Some(breakage),
+        ..Options::default()
+    };
+    let mut caught = None;
+    run_schedules(1000, max, &options, |outcome| {
+        println!("{breakage:?} {}", describe(&outcome));
+        if outcome.report.is_ok() {
+            return true;
+        }
+        println!("{}", outcome.report);
+        caught = Some(outcome.seed);
+        false
+    });
+    let seed = caught.unwrap_or_else(|| {
+        panic!("no violation in {max} schedules against {breakage:?}: the schedules miss it")
+    });
+    println!("{breakage:?} caught by seed {seed}");
+}
+
+#[test]
+fn catches_two_owners() {
+    assert_caught(Breakage::TwoOwners, 5);
+}
+
+#[test]
+fn catches_dropped_triggers() {
+    assert_caught(Breakage::DropsTriggers, 5);
+}
+
+#[test]
+fn catches_resync_trusting_listing() {
+    assert_caught(Breakage::Engine(Defect::ResyncTrustsListing), 10);
+}
