@@ -20,6 +20,9 @@ pub struct Behaviour {
     /// How long a converged loop waits for more triggers before it returns `Complete`
     /// (`None`: the workload's default).
     pub linger: Option<Duration>,
+    /// How long each run works (awaiting, not watching for triggers) after its write and
+    /// before it fails, panics or lingers: triggers arriving meanwhile are not observed.
+    pub work: Duration,
 }
 
 /// A loop that ignores its graceful-shutdown signal for a while (an ownership-lost signal

@@ -105,6 +105,9 @@ impl Controller for ReconcileController {
                     result,
                 },
             );
+            if !plan.work.is_zero() {
+                tokio::time::sleep(plan.work).await;
+            }
             if plan.fail {
                 let error = "injected failure".to_string();
                 guard.end(LoopEnd::Failed {

@@ -94,9 +94,10 @@ pub enum EventKind {
         result: SaveResult,
     },
     /// The final word on the key once faults stopped and the history settled: what the
-    /// workload wanted, what it got, and whether the key was still registered.
+    /// workload wanted, what it got, and whether the key was still registered. Converged
+    /// means `actual >= desired` (generations only grow) and not registered.
     Settled {
-        /// The desired value (generation).
+        /// The desired value (generation) that must be reached.
         desired: u64,
         /// The value the loops wrote, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]

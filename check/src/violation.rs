@@ -24,7 +24,7 @@ pub enum ViolationKind {
     /// G3: a trigger returned `Ok`, and no loop of the key started or observed a trigger
     /// after it was called.
     LostTrigger,
-    /// The key did not converge once faults stopped: its final actual value differs from
+    /// The key did not converge once faults stopped: its final actual value falls short of
     /// the desired one, or it was still registered.
     NotConverged,
 }

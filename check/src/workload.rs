@@ -15,8 +15,10 @@ use crate::{Behaviour, EventKind, FencedStore, ReconcileController, Recorder};
 /// [`Behaviour`]s (failures, panics, ignored shutdowns) to inject per key. Everything it
 /// does is recorded in its [`Recorder`]. Cheap to clone.
 ///
-/// Convergence: every key's actual value equals its desired value, and the registry is
-/// drained (no key left in [`Coordinator::inspect`]).
+/// Convergence: every key's actual value has reached its *acknowledged* desired value (the
+/// generation bumped before its latest trigger that returned `Ok`; a trigger that failed
+/// promises nothing, though a loop may still read its bump, so actual may be ahead), and
+/// the registry is drained (no key left in [`Coordinator::inspect`]).
 #[derive(Clone, Debug)]
 pub struct ReconcileWorkload {
     inner: Arc<Inner>,
@@ -27,6 +29,8 @@ struct Inner {
     recorder: Recorder,
     store: FencedStore,
     desired: Mutex<BTreeMap<Key, u64>>,
+    /// Per key, the generation bumped before the latest trigger that returned `Ok`.
+    acknowledged: Mutex<BTreeMap<Key, u64>>,
     behaviours: Mutex<HashMap<Key, Behaviour>>,
     linger: Duration,
 }
@@ -38,12 +42,13 @@ pub(crate) struct RunPlan {
     pub(crate) panic: bool,
     pub(crate) on_shutdown: Option<crate::IgnoreShutdown>,
     pub(crate) linger: Duration,
+    pub(crate) work: Duration,
 }
 
 /// Where the workload stands, as [`ReconcileWorkload::progress`] sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Keys whose actual value differs from their desired one.
+    /// Keys whose actual value has not reached their acknowledged desired one.
     pub behind: Vec<Key>,
     /// Keys still registered and not parked.
     pub registered: Vec<Key>,
@@ -79,6 +84,7 @@ impl ReconcileWorkload {
                 store: FencedStore::new(recorder.clone()),
                 recorder,
                 desired: Mutex::default(),
+                acknowledged: Mutex::default(),
                 behaviours: Mutex::default(),
                 linger,
             }),
@@ -104,6 +110,18 @@ impl ReconcileWorkload {
     pub fn desired(&self, key: &Key) -> u64 {
         self.inner
             .desired
+            .lock()
+            .unwrap()
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The generation bumped before `key`'s latest trigger that returned `Ok` (0 if none):
+    /// what convergence requires.
+    pub fn acknowledged(&self, key: &Key) -> u64 {
+        self.inner
+            .acknowledged
             .lock()
             .unwrap()
             .get(key)
@@ -150,6 +168,7 @@ impl ReconcileWorkload {
             panic,
             on_shutdown: b.on_shutdown,
             linger: b.linger.unwrap_or(self.inner.linger),
+            work: b.work,
         }
     }
 
@@ -160,17 +179,20 @@ impl ReconcileWorkload {
         F: FnOnce(Key) -> Fut,
         Fut: Future<Output = Result<TriggerOutcome, E>>,
     {
-        *self
-            .inner
-            .desired
-            .lock()
-            .unwrap()
-            .entry(key.clone())
-            .or_insert(0) += 1;
+        let generation = {
+            let mut desired = self.inner.desired.lock().unwrap();
+            let generation = desired.entry(key.clone()).or_insert(0);
+            *generation += 1;
+            *generation
+        };
         let recorder = &self.inner.recorder;
         let op = recorder.next_op();
         recorder.record(key, EventKind::TriggerCalled { op });
         let outcome = call(key.clone()).await?;
+        let mut acknowledged = self.inner.acknowledged.lock().unwrap();
+        let target = acknowledged.entry(key.clone()).or_insert(0);
+        *target = (*target).max(generation);
+        drop(acknowledged);
         recorder.record(
             key,
             EventKind::TriggerAcked {
@@ -204,8 +226,13 @@ impl ReconcileWorkload {
                 progress.registered.push(info.key);
             }
         }
-        for (key, desired) in self.inner.desired.lock().unwrap().iter() {
-            if self.inner.store.read(key) != Some(*desired) {
+        for (key, target) in self.inner.acknowledged.lock().unwrap().iter() {
+            if self
+                .inner
+                .store
+                .read(key)
+                .is_none_or(|actual| actual < *target)
+            {
                 progress.behind.push(key.clone());
             }
         }
@@ -243,7 +270,7 @@ impl ReconcileWorkload {
             self.inner.recorder.record(
                 &key,
                 EventKind::Settled {
-                    desired: self.desired(&key),
+                    desired: self.acknowledged(&key),
                     actual: self.inner.store.read(&key),
                     registered,
                 },

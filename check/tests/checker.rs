@@ -139,6 +139,22 @@ fn a_rerun_at_the_same_epoch_after_continue_is_flagged() {
 }
 
 #[test]
+fn a_rerun_after_complete_with_no_trigger_is_flagged() {
+    // `Complete` with no trigger pending retires the key: nothing may run it again at that
+    // epoch (a stale `owned` listing trusted by a resync would).
+    let s = Script::new();
+    let node = NodeId::random();
+    s.trigger();
+    let first = s.start(NodeId::random(), 2);
+    s.end(first, LoopEnd::Continue);
+    let a = s.start(node, 3);
+    s.end(a, LoopEnd::Complete);
+    let b = s.start(node, 3);
+    s.end(b, LoopEnd::Complete);
+    only(&s.check(), ViolationKind::EpochOrder);
+}
+
+#[test]
 fn a_rerun_at_the_same_epoch_after_retriggered_or_failure_is_legal() {
     let s = Script::new();
     let node = NodeId::random();

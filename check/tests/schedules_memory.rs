@@ -94,3 +94,41 @@ fn catches_dropped_triggers() {
 fn catches_resync_trusting_listing() {
     assert_caught(Breakage::Engine(Defect::ResyncTrustsListing), 10);
 }
+
+/// How many of `KEYLOOP_CHECK_SURVEY` (default 10) schedules catch each breakage; prints a
+/// table. Not an assertion: run by hand to choose the bounds above.
+#[test]
+#[ignore = "a survey, run by hand"]
+fn survey_breakages() {
+    let count: u64 = std::env::var("KEYLOOP_CHECK_SURVEY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mut all: Vec<Breakage> = Breakage::ALL.to_vec();
+    all.extend(schedule::defect_breakages());
+    for breakage in all {
+        let options = Options {
+            breakage: Some(breakage),
+            settle_timeout: std::time::Duration::from_secs(3),
+            ..Options::default()
+        };
+        let mut caught = Vec::new();
+        run_schedules(1000, count, &options, |outcome| {
+            if !outcome.report.is_ok() {
+                let kinds: Vec<String> = outcome
+                    .report
+                    .by_kind()
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(k, n)| format!("{k}={n}"))
+                    .collect();
+                caught.push(format!("{}:{}", outcome.seed, kinds.join(",")));
+            }
+            true
+        });
+        println!(
+            "SURVEY {breakage:?}: caught by {}/{count}: {caught:?}",
+            caught.len()
+        );
+    }
+}

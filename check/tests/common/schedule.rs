@@ -54,6 +54,14 @@ pub struct Options {
     pub settle_timeout: Duration,
 }
 
+/// Settings a schedule draws from its seed.
+#[derive(Debug, Clone, Copy)]
+struct Draw {
+    /// Periodic resync: short, or past the schedule (then only events and failed calls
+    /// make the engine re-read what it owns).
+    resync_interval: Duration,
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -123,6 +131,7 @@ struct Slot {
 
 struct World {
     options: Options,
+    draw: Draw,
     ns: Namespace,
     workload: ReconcileWorkload,
     slots: Vec<Slot>,
@@ -142,7 +151,7 @@ impl World {
             .heartbeat_interval(ttl / 6)
             .fence_margin(ttl / 4)
             .claim_interval(ttl / 10)
-            .shutdown_grace(ttl / 15)
+            .shutdown_grace(ttl / 20)
             .abandon_timeout(ttl)
             .restart_backoff(
                 Backoff::builder()
@@ -156,7 +165,7 @@ impl World {
             .healthy_run(ttl * 100)
             .max_failures(3)
             .handoff_avoid(ttl / 20)
-            .resync_interval(ttl / 6);
+            .resync_interval(self.draw.resync_interval);
         if let Some(defect) = self.options.breakage.and_then(|b| b.engine_defect()) {
             config = config.inject_defect(defect);
         }
@@ -197,23 +206,50 @@ impl World {
     /// Triggers `key` through a random live engine, or a client if none is up; in the
     /// background, so that slow calls do not hold the schedule up.
     fn trigger(&mut self, rng: &mut StdRng, key: Key) {
+        let workload = self.workload.clone();
+        match self.live_engine(rng).filter(|_| rng.random_bool(0.9)) {
+            Some(engine) => {
+                self.triggers.spawn(async move {
+                    let _ = workload.trigger(&engine, &key).await;
+                });
+            }
+            None => {
+                let client = Client::new(self.ns.coordinator());
+                self.triggers.spawn(async move {
+                    let _ = workload.trigger_with(&key, |k| client.trigger(k)).await;
+                });
+            }
+        }
+    }
+
+    /// Triggers `key` now and a few times over the next `ttl/4`, in the background.
+    fn storm(&mut self, rng: &mut StdRng, key: &Key) {
+        let ttl = self.options.ttl;
+        for at in [
+            0,
+            ttl.as_millis() / 20,
+            ttl.as_millis() / 10,
+            ttl.as_millis() / 4,
+        ] {
+            let Some(engine) = self.live_engine(rng) else {
+                return;
+            };
+            let workload = self.workload.clone();
+            let key = key.clone();
+            self.triggers.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(at as u64)).await;
+                let _ = workload.trigger(&engine, &key).await;
+            });
+        }
+    }
+
+    fn live_engine(&self, rng: &mut StdRng) -> Option<Engine> {
         let live: Vec<Engine> = self
             .slots
             .iter()
             .filter_map(|s| s.up.as_ref().map(|(e, _)| e.clone()))
             .collect();
-        let workload = self.workload.clone();
-        if live.is_empty() || rng.random_bool(0.1) {
-            let client = Client::new(self.ns.coordinator());
-            self.triggers.spawn(async move {
-                let _ = workload.trigger_with(&key, |k| client.trigger(k)).await;
-            });
-        } else {
-            let engine = live[rng.random_range(0..live.len())].clone();
-            self.triggers.spawn(async move {
-                let _ = workload.trigger(&engine, &key).await;
-            });
-        }
+        (!live.is_empty()).then(|| live[rng.random_range(0..live.len())].clone())
     }
 
     /// Runs one random operation.
@@ -245,24 +281,30 @@ impl World {
             }
             40..=49 => {
                 let behaviour = match rng.random_range(0..5) {
-                    0 => Behaviour {
-                        fail_runs: rng.random_range(1..4),
-                        ..Behaviour::default()
-                    },
+                    0 => {
+                        // Failing runs that work a while without watching for triggers,
+                        // and triggers landing during them.
+                        self.storm(rng, &key);
+                        Behaviour {
+                            fail_runs: rng.random_range(2..5),
+                            work: ttl / 10,
+                            ..Behaviour::default()
+                        }
+                    }
                     1 => Behaviour {
                         panic_runs: rng.random_range(1..3),
                         ..Behaviour::default()
                     },
                     2 => Behaviour {
                         on_shutdown: Some(IgnoreShutdown::Await(ttl / 6)),
-                        linger: Some(ttl / 3),
+                        linger: Some(ttl),
                         ..Behaviour::default()
                     },
                     3 => Behaviour {
                         // Below the fence margin, so a fenced node's blocked loop still
                         // ends before its lease can expire on the backend.
-                        on_shutdown: Some(IgnoreShutdown::Block(ttl / 15)),
-                        linger: Some(ttl / 3),
+                        on_shutdown: Some(IgnoreShutdown::Block(ttl / 8)),
+                        linger: Some(ttl),
                         ..Behaviour::default()
                     },
                     _ => Behaviour {
@@ -290,8 +332,15 @@ impl World {
         };
         match roll {
             50..=54 => {
-                let on = rng.random_bool(0.6);
-                faults.delay_calls(on.then(|| ttl / 30));
+                let max = match rng.random_range(0..5) {
+                    0 | 1 => None,
+                    2 | 3 => Some(ttl / 30),
+                    // Slow enough that answers (of `owned`, say) go stale on the way back.
+                    4 if rng.random_bool(0.7) => Some(ttl / 10),
+                    // A slow network: calls outlive the fence margin.
+                    _ => Some(ttl / 2),
+                };
+                faults.delay_calls(max);
                 self.count("call delays");
             }
             55..=59 => {
@@ -399,11 +448,19 @@ impl Drop for World {
 /// Runs the schedule of `seed`. Call on a multi-thread runtime.
 pub async fn run_schedule(seed: u64, options: &Options) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed);
+    let draw = Draw {
+        resync_interval: if rng.random_bool(0.5) {
+            options.ttl / 6
+        } else {
+            Duration::from_secs(30)
+        },
+    };
     let recorder = Recorder::new();
     let workload = ReconcileWorkload::new(recorder.clone());
     let ns = Namespace::new(options.backend);
     let mut world = World {
         options: options.clone(),
+        draw,
         ns,
         workload: workload.clone(),
         slots: (0..options.nodes)
@@ -422,6 +479,19 @@ pub async fn run_schedule(seed: u64, options: &Options) -> Outcome {
     };
     for i in 0..options.nodes {
         world.start(i).await;
+    }
+    // Half the keys have long-running loops (lingering for triggers) from the start.
+    for key in world.keys.clone() {
+        if rng.random_bool(0.5) {
+            let linger = options.ttl * rng.random_range(1..7) / 4;
+            workload.set_behaviour(
+                &key,
+                Behaviour {
+                    linger: Some(linger),
+                    ..Behaviour::default()
+                },
+            );
+        }
     }
     for _ in 0..options.ops {
         world.step(&mut rng).await;
