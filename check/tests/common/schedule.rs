@@ -140,6 +140,8 @@ struct World {
     faults: BTreeMap<&'static str, usize>,
     /// Fault-ending timers (heartbeat stalls end after a while).
     timers: JoinSet<()>,
+    /// Keys told to ignore graceful shutdown.
+    ignoring: Vec<Key>,
 }
 
 impl World {
@@ -222,15 +224,10 @@ impl World {
         }
     }
 
-    /// Triggers `key` now and a few times over the next `ttl/4`, in the background.
+    /// Triggers `key` now and every `ttl/20` over the next `ttl/2`, in the background.
     fn storm(&mut self, rng: &mut StdRng, key: &Key) {
         let ttl = self.options.ttl;
-        for at in [
-            0,
-            ttl.as_millis() / 20,
-            ttl.as_millis() / 10,
-            ttl.as_millis() / 4,
-        ] {
+        for at in (0..10).map(|i| ttl.as_millis() * i / 20) {
             let Some(engine) = self.live_engine(rng) else {
                 return;
             };
@@ -285,9 +282,11 @@ impl World {
                         // Failing runs that work a while without watching for triggers,
                         // and triggers landing during them.
                         self.storm(rng, &key);
+                        // Three failures park the key (max_failures), and the storm's
+                        // last triggers land during the third run.
                         Behaviour {
-                            fail_runs: rng.random_range(2..5),
-                            work: ttl / 10,
+                            fail_runs: 3,
+                            work: ttl / 5,
                             ..Behaviour::default()
                         }
                     }
@@ -318,6 +317,9 @@ impl World {
                     b if b.on_shutdown.is_some() => "loop ignores shutdown",
                     _ => "loop lingers",
                 };
+                if behaviour.on_shutdown.is_some() {
+                    self.ignoring.push(key.clone());
+                }
                 self.workload.set_behaviour(&key, behaviour);
                 self.count(name);
             }
@@ -327,6 +329,21 @@ impl World {
 
     async fn fault(&mut self, rng: &mut StdRng, i: usize, roll: u32) {
         let ttl = self.options.ttl;
+        // A graceful shutdown mostly hits a node running a loop that ignores it.
+        let i = match roll {
+            74..=77 if rng.random_bool(0.7) => {
+                let target = self.slots.iter().position(|s| {
+                    s.up.as_ref().is_some_and(|(e, _)| {
+                        e.owned_keys().iter().any(|k| self.ignoring.contains(k))
+                    })
+                });
+                if target.is_some() {
+                    self.count("shutdown of a loop ignoring it");
+                }
+                target.unwrap_or(i)
+            }
+            _ => i,
+        };
         let Some((engine, faults)) = self.up(i).cloned() else {
             return;
         };
@@ -407,6 +424,7 @@ impl World {
     /// Ends every fault: heartbeats, delays, drops, failures, behaviours; every node up.
     async fn heal(&mut self) {
         self.workload.clear_behaviours();
+        self.ignoring.clear();
         self.timers.abort_all();
         while self.timers.join_next().await.is_some() {}
         for i in 0..self.slots.len() {
@@ -476,6 +494,7 @@ pub async fn run_schedule(seed: u64, options: &Options) -> Outcome {
         triggers: JoinSet::new(),
         faults: BTreeMap::new(),
         timers: JoinSet::new(),
+        ignoring: Vec::new(),
     };
     for i in 0..options.nodes {
         world.start(i).await;
