@@ -1,6 +1,7 @@
 //! A coordinator wrapper that injects faults: stalled heartbeats, lost notifications,
 //! `Resync`, held calls and answers, claims whose answer is lost after they committed, shortened
-//! leases, events from an earlier incarnation, and delays around every call.
+//! leases, events from an earlier incarnation, delays around every call, calls that fail
+//! before they reach the backend, and events delivered twice.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,10 @@ struct FaultState {
     hide_wake_ups: AtomicBool,
     delay: Mutex<Option<Duration>>,
     delay_seed: AtomicU64,
+    /// Calls failing before they reach the backend, per thousand.
+    fail_per_mille: AtomicU64,
+    failed_calls: AtomicUsize,
+    duplicate_events: AtomicBool,
 }
 
 /// A held call: it waits at the point of the hold (before it reaches the backend, or after,
@@ -101,6 +106,9 @@ impl Faults {
                 hide_wake_ups: AtomicBool::new(false),
                 delay: Mutex::new(None),
                 delay_seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+                fail_per_mille: AtomicU64::new(0),
+                failed_calls: AtomicUsize::new(0),
+                duplicate_events: AtomicBool::new(false),
             }),
         }
     }
@@ -186,6 +194,28 @@ impl Faults {
         *self.inner.delay.lock().unwrap() = max;
     }
 
+    /// Makes about `per_mille` of every thousand calls (join, heartbeat, leave, trigger,
+    /// claim, claim_key, release, owned, load_state, save_state) fail with
+    /// [`CoordinatorError::Unavailable`] before they reach the backend (0: none). Such a
+    /// failure is never ambiguous: the backend did nothing.
+    pub fn fail_calls(&self, per_mille: u32) {
+        self.inner
+            .fail_per_mille
+            .store(u64::from(per_mille.min(1000)), Ordering::SeqCst);
+    }
+
+    /// How many calls [`fail_calls`](Self::fail_calls) failed so far.
+    pub fn failed_calls(&self) -> usize {
+        self.inner.failed_calls.load(Ordering::SeqCst)
+    }
+
+    /// Delivers every event twice (`true`) or once (`false`) from now on.
+    pub fn duplicate_events(&self, duplicate: bool) {
+        self.inner
+            .duplicate_events
+            .store(duplicate, Ordering::SeqCst);
+    }
+
     /// Delivers `Resync` to the engine.
     pub fn inject_resync(&self) {
         self.inject(CoordinatorEvent::Resync);
@@ -229,10 +259,8 @@ impl FaultyCoordinator {
         *self.faults.inner.last_renewal.lock().unwrap() = Some((sent, lease.ttl));
     }
 
-    /// Sleeps a pseudo-random time below the configured maximum, if any.
-    async fn delay(&self) {
-        let max = *self.faults.inner.delay.lock().unwrap();
-        let Some(max) = max else { return };
+    /// The next pseudo-random number of this wrapper.
+    fn random(&self) -> u64 {
         // SplitMix64: cheap, deterministic per wrapper, no dependency.
         let mut z = self
             .faults
@@ -241,7 +269,33 @@ impl FaultyCoordinator {
             .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        z ^ (z >> 31)
+    }
+
+    /// Delays the call (see [`Faults::delay_calls`]), then fails it if
+    /// [`Faults::fail_calls`] says so, before it reaches the backend.
+    async fn before(&self, call: &str) -> Result<(), CoordinatorError> {
+        self.delay().await;
+        let per_mille = self.faults.inner.fail_per_mille.load(Ordering::SeqCst);
+        if per_mille > 0 && self.random() % 1000 < per_mille {
+            self.faults
+                .inner
+                .failed_calls
+                .fetch_add(1, Ordering::SeqCst);
+            return Err(CoordinatorError::unavailable(
+                "faulty",
+                format!("injected failure of {call}"),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sleeps a pseudo-random time below the configured maximum, if any.
+    async fn delay(&self) {
+        let max = *self.faults.inner.delay.lock().unwrap();
+        let Some(max) = max else { return };
+        let z = self.random();
         let nanos = max.as_nanos().max(1) as u64;
         let wait = Duration::from_nanos(z % nanos);
         if wait.is_zero() || z % 4 == 0 {
@@ -277,9 +331,12 @@ impl Coordinator for FaultyCoordinator {
                 faults.inner.dropped.fetch_add(1, Ordering::SeqCst);
                 return;
             }
+            if faults.inner.duplicate_events.load(Ordering::SeqCst) {
+                events.send(event.clone());
+            }
             events.send(event);
         });
-        self.delay().await;
+        self.before("join").await?;
         let sent = Instant::now();
         let mut lease = self.inner.join(node, ttl, filtered).await?;
         self.renewed(sent, &mut lease);
@@ -291,7 +348,7 @@ impl Coordinator for FaultyCoordinator {
         self.faults.inner.heartbeats.fetch_add(1, Ordering::SeqCst);
         let mut stalled = self.faults.inner.stalled.subscribe();
         let _ = stalled.wait_for(|s| !*s).await;
-        self.delay().await;
+        self.before("heartbeat").await?;
         let sent = Instant::now();
         let mut lease = self.inner.heartbeat(node).await?;
         self.renewed(sent, &mut lease);
@@ -300,14 +357,14 @@ impl Coordinator for FaultyCoordinator {
     }
 
     async fn leave(&self, node: &NodeId) -> Result<(), CoordinatorError> {
-        self.delay().await;
+        self.before("leave").await?;
         let result = self.inner.leave(node).await;
         self.delay().await;
         result
     }
 
     async fn trigger(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError> {
-        self.delay().await;
+        self.before("trigger").await?;
         let result = self.inner.trigger(key).await;
         self.delay().await;
         result
@@ -318,7 +375,12 @@ impl Coordinator for FaultyCoordinator {
         if let Some(hold) = &hold {
             hold.hold().await;
         }
-        self.delay().await;
+        if let Err(e) = self.before("claim").await {
+            if let Some(hold) = &hold {
+                hold.answer();
+            }
+            return Err(e);
+        }
         let result = self.inner.claim(node, max).await;
         self.delay().await;
         if let Some(hold) = &hold {
@@ -343,7 +405,7 @@ impl Coordinator for FaultyCoordinator {
     }
 
     async fn claim_key(&self, node: &NodeId, key: &Key) -> Result<Option<Claim>, CoordinatorError> {
-        self.delay().await;
+        self.before("claim_key").await?;
         let result = self.inner.claim_key(node, key).await;
         self.delay().await;
         result
@@ -356,14 +418,14 @@ impl Coordinator for FaultyCoordinator {
         epoch: Epoch,
         how: Release,
     ) -> Result<Released, CoordinatorError> {
-        self.delay().await;
+        self.before("release").await?;
         let result = self.inner.release(node, key, epoch, how).await;
         self.delay().await;
         result
     }
 
     async fn owned(&self, node: &NodeId) -> Result<Vec<Claim>, CoordinatorError> {
-        self.delay().await;
+        self.before("owned").await?;
         let result = self.inner.owned(node).await;
         let hold = self.faults.inner.owned_hold.lock().unwrap().take();
         if let Some(hold) = &hold {
@@ -377,7 +439,7 @@ impl Coordinator for FaultyCoordinator {
     }
 
     async fn load_state(&self, key: &Key) -> Result<Option<Bytes>, CoordinatorError> {
-        self.delay().await;
+        self.before("load_state").await?;
         let result = self.inner.load_state(key).await;
         self.delay().await;
         result
@@ -390,7 +452,7 @@ impl Coordinator for FaultyCoordinator {
         epoch: Epoch,
         state: Bytes,
     ) -> Result<(), CoordinatorError> {
-        self.delay().await;
+        self.before("save_state").await?;
         let result = self.inner.save_state(node, key, epoch, state).await;
         self.delay().await;
         result
