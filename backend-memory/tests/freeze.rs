@@ -117,3 +117,71 @@ async fn the_test_catches_loops_that_trust_a_stale_lease() {
         "with loops ignoring the lease clock, the frozen incarnation writes after the thaw"
     );
 }
+
+/// A loop waiting out its restart backoff when the process freezes must not run again
+/// after the thaw: the backoff's timer fires before the lease keeper's, and the runner must
+/// judge the lease itself before it restarts the controller.
+///
+/// Seen in the PostgreSQL real-process runs (seed 1050): a loop failed during a server
+/// restart, its node was frozen (SIGSTOP) during the backoff, and on SIGCONT the engine
+/// started the loop again at its old epoch, 57 µs before the lease keeper fenced, while
+/// another node had run the key at a higher epoch.
+#[tokio::test(flavor = "current_thread")]
+async fn loops_in_backoff_across_a_freeze_do_not_restart() {
+    let cluster = MemoryCluster::new();
+    let starts: Arc<Mutex<Vec<(NodeId, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let controller = {
+        let starts = Arc::clone(&starts);
+        controller_fn(move |_key, ctx| {
+            let starts = Arc::clone(&starts);
+            async move {
+                starts.lock().unwrap().push((ctx.node(), Instant::now()));
+                if ctx.failures() == 0 {
+                    return Err("fails once, then waits out its backoff".into());
+                }
+                ctx.shutdown().await;
+                Ok(Decision::Continue)
+            }
+        })
+    };
+    let backoff = keyloop_core::Backoff::builder()
+        .initial(TTL / 2)
+        .max(TTL / 2)
+        .build()
+        .unwrap();
+    let engine = Engine::builder(cluster.coordinator(), controller)
+        .config(|c| {
+            c.lease_ttl(TTL)
+                .claim_interval(Duration::from_millis(50))
+                .restart_backoff(backoff)
+        })
+        .start()
+        .await
+        .unwrap();
+    for i in 0..LOOPS {
+        engine.trigger(format!("backoff/{i}")).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while starts.lock().unwrap().len() < LOOPS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("every loop runs and fails once");
+    let frozen = starts.lock().unwrap()[0].0;
+    // Freeze the whole runtime for twice the TTL: every backoff ends during the freeze.
+    std::thread::sleep(TTL * 2);
+    let thawed = Instant::now();
+    tokio::time::sleep(TTL / 2).await;
+    engine.kill();
+    let late = starts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(node, at)| *node == frozen && *at >= thawed)
+        .count();
+    assert_eq!(
+        late, 0,
+        "runs started by the frozen incarnation after the thaw, at its stale epochs"
+    );
+}

@@ -50,15 +50,22 @@ pub(crate) async fn run(inner: Arc<Inner>, slot: Arc<LoopSlot>) {
 }
 
 async fn drive(inner: &Arc<Inner>, slot: &Arc<LoopSlot>) {
-    if slot.reason_now().is_some() {
-        // Signalled before it ever ran (shutdown or fencing began while it was claimed):
-        // no loop of this node runs the key, so give it back for another node. The
-        // release is fenced; if the lease is already gone it fails harmlessly.
-        tracing::debug!("claimed while stopping: giving the key back unrun");
-        hand_off(inner, slot).await;
-        return;
-    }
+    let mut first = true;
     loop {
+        // Judged before every run, not only the first: a run starts after a backoff, a
+        // retrigger or an in-task wake-up, and the timer that ends a backoff can fire
+        // before the lease keeper's — a process frozen (SIGSTOP, a VM pause) past its
+        // lease wakes with both overdue, and would otherwise restart the controller at a
+        // stale epoch while another node runs the key.
+        if let Some(reason) = slot.reason_now() {
+            // Shutdown or fencing began while the key waited: no loop of this node runs
+            // it, so give it back for another node. The release is fenced; if the lease
+            // is already gone it fails harmlessly.
+            tracing::debug!(%reason, first, "stopping before a run: giving the key back unrun");
+            hand_off(inner, slot).await;
+            return;
+        }
+        first = false;
         slot.observe_all();
         slot.set_running();
         let started = Instant::now();
