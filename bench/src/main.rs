@@ -93,7 +93,7 @@ fn p9_postgres(quick: bool, durable: bool) {
     p9::run(
         &p9::Backend::Postgres { url, what },
         n,
-        if quick { 1 } else { 2 },
+        if quick { 1 } else { 3 },
     );
 }
 
