@@ -29,9 +29,9 @@ pub enum Decision {
     /// How late: the engine schedules a claim round for the earliest wake-up the backend
     /// reports ([`Coordinator::next_wake`](crate::Coordinator::next_wake)), so a wake-up
     /// waits for that round and the claim itself — about a millisecond (tokio's timer tick)
-    /// on the memory backend, and the duration of a claim round on PostgreSQL (tens of
-    /// milliseconds at 10,000 wake-ups per second on a 2-core machine; see `BENCHMARKS.md`,
-    /// P9). To resync every key periodically, wrap the controller in
+    /// on the memory backend, and the duration of claim rounds on PostgreSQL (p50 tens of
+    /// milliseconds at 10,000 wake-ups per second on a lightly loaded 2-core machine, far
+    /// more when the machine is busy; see `BENCHMARKS.md`, P9). To resync every key periodically, wrap the controller in
     /// [`SyncEvery`](crate::SyncEvery).
     RequeueAfter(std::time::Duration),
     /// Like [`RequeueAfter`](Decision::RequeueAfter), at a wall-clock instant as the
