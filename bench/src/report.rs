@@ -23,3 +23,11 @@ pub(crate) fn line(name: &str, unit: &str, subject: &mut [f64], baseline: &mut [
     );
     ratio
 }
+
+/// The machine's load averages (`/proc/loadavg`: 1, 5 and 15 minutes), printed beside the
+/// figures because the machine is shared.
+pub(crate) fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}

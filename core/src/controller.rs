@@ -25,6 +25,14 @@ pub enum Decision {
     /// (memory, sled, PostgreSQL and Consul). On a backend without them the engine keeps the
     /// key's loop and waits in its task instead: a trigger or the delay ends the wait, and
     /// a handoff or failover during it runs the key at once (early, never lost).
+    ///
+    /// How late: the engine schedules a claim round for the earliest wake-up the backend
+    /// reports ([`Coordinator::next_wake`](crate::Coordinator::next_wake)), so a wake-up
+    /// waits for that round and the claim itself — about a millisecond (tokio's timer tick)
+    /// on the memory backend, and the duration of claim rounds on PostgreSQL (p50 tens of
+    /// milliseconds at 10,000 wake-ups per second on a lightly loaded 2-core machine, far
+    /// more when the machine is busy; see `BENCHMARKS.md`, P9). To resync every key periodically, wrap the controller in
+    /// [`SyncEvery`](crate::SyncEvery).
     RequeueAfter(std::time::Duration),
     /// Like [`RequeueAfter`](Decision::RequeueAfter), at a wall-clock instant as the
     /// backend's clock tells it (an instant in the past means at once).

@@ -54,6 +54,7 @@ mod runner;
 mod slot;
 mod state;
 mod status;
+mod sync_every;
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;
@@ -76,4 +77,5 @@ pub use keyloop_supervisor::Backoff;
 pub use report::ShutdownReport;
 pub use state::StateHandle;
 pub use status::{KeyStatus, StatusListener};
+pub use sync_every::SyncEvery;
 pub use tokio_util::sync::CancellationToken;
