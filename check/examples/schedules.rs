@@ -3,12 +3,16 @@
 //!
 //! ```text
 //! cargo run -p keyloop-check --example schedules -- --schedules 40 --seed 0 --backend memory
+//! # a soak: 32 schedules at a time (they mostly wait on timers) for 30 minutes
+//! cargo run --release -p keyloop-check --example schedules -- --parallel 32 --minutes 30
 //! ```
 
 #[path = "../tests/common/schedule.rs"]
 mod schedule;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
@@ -36,6 +40,13 @@ struct Args {
     /// Operations per schedule.
     #[arg(long, default_value_t = 40)]
     ops: usize,
+    /// Schedules run at once, each on its own runtime and cluster (1 to 256).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    parallel: u64,
+    /// Keep starting schedules until this many minutes have passed (a soak); `--schedules`
+    /// is then ignored.
+    #[arg(long)]
+    minutes: Option<u64>,
 }
 
 fn loadavg() -> String {
@@ -63,7 +74,12 @@ fn main() {
     let mut convergence: Vec<Duration> = Vec::new();
     let (mut runs, mut ops, mut keys, mut unconverged) = (0, 0, 0, 0);
     let mut failing = Vec::new();
-    run_schedules(args.seed, args.schedules, &options, |outcome| {
+    let deadline = args.minutes.map(|m| started + Duration::from_secs(m * 60));
+    let end = match deadline {
+        Some(_) => u64::MAX,
+        None => args.seed + args.schedules,
+    };
+    let mut aggregate = |outcome: schedule::Outcome| {
         runs += 1;
         ops += outcome.ops;
         keys += outcome.keys;
@@ -87,17 +103,43 @@ fn main() {
             );
             failing.push(outcome.seed);
         }
-        true
+    };
+    let next_seed = AtomicU64::new(args.seed);
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..args.parallel {
+            let tx = tx.clone();
+            let (next_seed, options) = (&next_seed, &options);
+            scope.spawn(move || {
+                loop {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return;
+                    }
+                    let seed = next_seed.fetch_add(1, Ordering::Relaxed);
+                    if seed >= end {
+                        return;
+                    }
+                    run_schedules(seed, 1, options, |outcome| {
+                        let _ = tx.send(outcome);
+                        true
+                    });
+                }
+            });
+        }
+        drop(tx);
+        // Outcomes in the order they finish; failing seeds are sorted below.
+        rx.iter().for_each(&mut aggregate);
     });
     convergence.sort();
+    failing.sort();
     let median = convergence.get(convergence.len() / 2).copied();
     let max = convergence.last().copied();
     println!("backend:        {}", backend.name());
     println!("runtime:        tokio multi-thread, 4 workers, real time");
     println!(
-        "schedules:      {runs} (seeds {}..{}) in {:.1?}",
+        "schedules:      {runs} (seeds from {}, {} at a time) in {:.1?}",
         args.seed,
-        args.seed + args.schedules,
+        args.parallel,
         started.elapsed()
     );
     println!("operations:     {ops}");
