@@ -49,6 +49,9 @@ struct Args {
     minutes: Option<u64>,
 }
 
+/// At most this many seeds a worker thread takes at a time with `--parallel`.
+const CHUNK: u64 = 16;
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.trim().to_string())
@@ -104,6 +107,10 @@ fn main() {
             failing.push(outcome.seed);
         }
     };
+    let chunk = match deadline {
+        Some(_) => CHUNK,
+        None => (args.schedules / args.parallel).clamp(1, CHUNK),
+    };
     let next_seed = AtomicU64::new(args.seed);
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|scope| {
@@ -111,17 +118,17 @@ fn main() {
             let tx = tx.clone();
             let (next_seed, options) = (&next_seed, &options);
             scope.spawn(move || {
-                loop {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                // Seeds in chunks, one runtime per chunk: a runtime shut down after every
+                // schedule makes backends' background tasks die noisily in great numbers.
+                let before_deadline = || deadline.is_none_or(|d| Instant::now() < d);
+                while before_deadline() {
+                    let first = next_seed.fetch_add(chunk, Ordering::Relaxed);
+                    if first >= end {
                         return;
                     }
-                    let seed = next_seed.fetch_add(1, Ordering::Relaxed);
-                    if seed >= end {
-                        return;
-                    }
-                    run_schedules(seed, 1, options, |outcome| {
+                    run_schedules(first, chunk.min(end - first), options, |outcome| {
                         let _ = tx.send(outcome);
-                        true
+                        before_deadline()
                     });
                 }
             });
