@@ -28,7 +28,9 @@ async fn engine(
         let _ = runs_tx.send((key, Instant::now()));
         async { Ok(Decision::Complete) }
     });
-    let controller = SyncEvery::new(reconcile, PERIOD).retire_when(move |key| key.as_str() == gone);
+    let controller = SyncEvery::new(reconcile, PERIOD)
+        .unwrap()
+        .retire_when(move |key| key.as_str() == gone);
     let engine = Engine::builder(cluster.coordinator(), controller)
         .config(|c| {
             c.status_listener(move |key, status| {

@@ -6,9 +6,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use crate::{BoxError, Controller, Decision, Key, LoopContext};
+use crate::{BoxError, ConfigError, Controller, Decision, Key, LoopContext};
 
 type RetireIf = Arc<dyn Fn(&Key) -> bool + Send + Sync>;
+
+const MIN_PERIOD: Duration = Duration::from_millis(1);
+const MAX_PERIOD: Duration = Duration::from_secs(3650 * 24 * 3600);
 
 /// Runs every key again at most `period` after its last run, without a trigger
 /// (controller-runtime's `SyncPeriod`): a [`Controller`] adapter that turns the wrapped
@@ -35,15 +38,15 @@ type RetireIf = Arc<dyn Fn(&Key) -> bool + Send + Sync>;
 /// use std::time::Duration;
 /// use keyloop_core::{controller_fn, Decision, Engine, SyncEvery};
 ///
-/// # async fn demo(coordinator: Arc<dyn keyloop_core::Coordinator>) -> Result<(), keyloop_core::Error> {
+/// # async fn demo(coordinator: Arc<dyn keyloop_core::Coordinator>) -> Result<(), Box<dyn std::error::Error>> {
 /// let deleted: Arc<Mutex<HashSet<String>>> = Arc::default();
 /// let reconcile = controller_fn(|key, _ctx| async move {
 ///     println!("reconciling {key}");
 ///     Ok(Decision::Complete)
 /// });
 /// // Every key runs again 10 minutes (up to 11) after it completed, until it is deleted.
-/// let controller = SyncEvery::new(reconcile, Duration::from_secs(600))
-///     .jitter(0.1)
+/// let controller = SyncEvery::new(reconcile, Duration::from_secs(600))?
+///     .jitter(0.1)?
 ///     .retire_when({
 ///         let deleted = Arc::clone(&deleted);
 ///         move |key| deleted.lock().unwrap().contains(key.as_str())
@@ -72,31 +75,38 @@ impl<C> fmt::Debug for SyncEvery<C> {
 impl<C: Controller> SyncEvery<C> {
     /// Wraps `inner` so that each of its keys runs again `period` after it completed.
     ///
-    /// # Panics
-    /// If `period` is zero (every key would run in a tight loop).
-    pub fn new(inner: C, period: Duration) -> SyncEvery<C> {
-        assert!(!period.is_zero(), "SyncEvery period must be positive");
-        SyncEvery {
+    /// `period` is 1 ms to 10 years ([`ConfigError::OutOfRange`] otherwise: a zero period
+    /// would run every key in a tight loop).
+    pub fn new(inner: C, period: Duration) -> Result<SyncEvery<C>, ConfigError> {
+        if !(MIN_PERIOD..=MAX_PERIOD).contains(&period) {
+            return Err(ConfigError::OutOfRange {
+                setting: "SyncEvery period",
+                value: format!("{period:?}"),
+                valid: "1ms to 3650 days".into(),
+            });
+        }
+        Ok(SyncEvery {
             inner,
             period,
             jitter: 0.0,
             retire_if: None,
-        }
+        })
     }
 
     /// Stretches each resync by a random part of `fraction` of the period (between
     /// `period` and `period × (1 + fraction)`, never shorter), so keys that completed
-    /// together do not all run again together. 0 (the default) to 1.
-    ///
-    /// # Panics
-    /// If `fraction` is outside 0 to 1.
-    pub fn jitter(mut self, fraction: f64) -> SyncEvery<C> {
-        assert!(
-            (0.0..=1.0).contains(&fraction),
-            "SyncEvery jitter must be between 0 and 1, not {fraction}"
-        );
+    /// together do not all run again together. 0 (the default) to 1
+    /// ([`ConfigError::OutOfRange`] otherwise).
+    pub fn jitter(mut self, fraction: f64) -> Result<SyncEvery<C>, ConfigError> {
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(ConfigError::OutOfRange {
+                setting: "SyncEvery jitter",
+                value: fraction.to_string(),
+                valid: "0 to 1".into(),
+            });
+        }
         self.jitter = fraction;
-        self
+        Ok(self)
     }
 
     /// Lets keys leave the registry: after a `Complete`, a key for which `gone` answers
@@ -153,6 +163,7 @@ mod tests {
             controller_fn(|_key, _ctx| async { Ok(Decision::Complete) }),
             PERIOD,
         )
+        .unwrap()
     }
 
     fn key(name: &str) -> Key {
@@ -168,7 +179,7 @@ mod tests {
 
     #[test]
     fn jitter_only_stretches_the_period() {
-        let sync = adapter().jitter(0.5);
+        let sync = adapter().jitter(0.5).unwrap();
         let now = SystemTime::now();
         for (draw, want) in [(0.0, 60.0), (0.5, 75.0), (0.999, 89.97)] {
             let Decision::RequeueAfter(d) = sync.resync(&key("a"), Decision::Complete, now, draw)
@@ -219,17 +230,25 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "period must be positive")]
-    fn zero_period_panics() {
-        let _ = SyncEvery::new(
-            controller_fn(|_key, _ctx| async { Ok(Decision::Complete) }),
-            Duration::ZERO,
-        );
-    }
-
-    #[test]
-    #[should_panic(expected = "jitter must be between 0 and 1")]
-    fn jitter_out_of_range_panics() {
-        let _ = adapter().jitter(1.5);
+    fn periods_and_jitter_outside_their_range_are_refused() {
+        let make = |period| {
+            SyncEvery::new(
+                controller_fn(|_key, _ctx| async { Ok(Decision::Complete) }),
+                period,
+            )
+        };
+        for period in [Duration::ZERO, Duration::from_micros(999), MAX_PERIOD * 2] {
+            let err = make(period).unwrap_err();
+            assert!(
+                err.to_string().contains("SyncEvery period"),
+                "{period:?}: {err}"
+            );
+        }
+        assert!(make(MIN_PERIOD).is_ok() && make(MAX_PERIOD).is_ok());
+        for fraction in [-0.1, 1.5, f64::NAN] {
+            let err = adapter().jitter(fraction).unwrap_err();
+            assert!(err.to_string().contains("SyncEvery jitter"), "{err}");
+        }
+        assert!(adapter().jitter(0.0).is_ok() && adapter().jitter(1.0).is_ok());
     }
 }
