@@ -6,7 +6,7 @@
 //! faults stop, every key must converge, and the history must pass the checker.
 //!
 //! Rerun one schedule with `KEYLOOP_CHECK_SEED=<seed> cargo test -p keyloop-check --test
-//! schedules_consul`.
+//! schedules_consul`; run more with `KEYLOOP_CHECK_SCHEDULES=<n>`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -291,9 +291,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn consul_schedules_find_no_violation() {
+    let count = std::env::var("KEYLOOP_CHECK_SCHEDULES").map_or(CI_SCHEDULES, |n| {
+        n.parse().expect("KEYLOOP_CHECK_SCHEDULES is a number")
+    });
     let (first, count) = match std::env::var("KEYLOOP_CHECK_SEED") {
         Ok(seed) => (seed.parse().expect("KEYLOOP_CHECK_SEED is a number"), 1),
-        Err(_) => (0, CI_SCHEDULES),
+        Err(_) => (0, count),
     };
     let runtime = runtime();
     let started = Instant::now();
@@ -311,7 +314,13 @@ fn consul_schedules_find_no_violation() {
             failed.push(seed);
         }
     }
-    println!("{count} Consul schedules in {:?}", started.elapsed());
+    println!(
+        "{count} Consul schedules in {:?}, load {}",
+        started.elapsed(),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     assert!(
         failed.is_empty(),
         "schedules with violations, rerun each with KEYLOOP_CHECK_SEED=<seed>: {failed:?}"
