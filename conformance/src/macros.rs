@@ -67,6 +67,7 @@ macro_rules! __with_cases {
             abandoned_loop_is_released_only_after_its_task_ends,
             loop_started_during_shutdown_gets_its_signal,
             shutdown_hand_off_is_not_claimed_back,
+            wrong_ownership_notice_does_not_strand_the_key,
             stale_incarnation_events_are_ignored,
             claims_whose_answer_was_lost_still_run,
             lost_hint_is_recovered_by_periodic_resync,

@@ -127,6 +127,20 @@ impl Inner {
     pub(crate) fn task_ended(&self, slot: &Arc<LoopSlot>) {
         slot.mark_ended();
         self.finish_slot(slot);
+        // A loop told it lost its key while its incarnation's lease is still good (a
+        // notice that was late, duplicated or wrong, e.g. from an earlier ownership of the
+        // same key) may leave the key owned here with no loop, and nothing would look again
+        // before the periodic resync. So re-read what this node owns — now that the slot
+        // is out of the table, so that the resync starts a loop if the key is still ours.
+        if slot.shutdown_reason() == Some(ShutdownReason::OwnershipLost)
+            && self.phase() == RUNNING
+            && slot.session.lease_valid()
+            && self
+                .current_session()
+                .is_some_and(|s| Arc::ptr_eq(&s, &slot.session))
+        {
+            self.shared.resync_wake.notify_one();
+        }
         if self.shared.draining.load(Ordering::Acquire) {
             self.shared.loop_ended.notify_waiters();
         }
