@@ -158,11 +158,15 @@ fn catches_resync_trusting_a_stale_listing() {
 // ResyncTrustsListing 0 of 16, DropsTriggers 14 of 16.) The rest were not surveyed again.
 //
 // Intact engine: 300 schedules (seeds 0..300) with no violation, in 361 s on the shared
-// machine. An earlier draft of these schedules found, once in 300 (seed 139, about one
-// run in six of that seed), a key that stayed registered with no loop for 5 s after
-// healing: a loop on a node with slow `release` calls returned `Continue` and no node
-// ran the key again (periodic resync drawn long). Its history is in
-// `tests/histories/intact-memory-seed-139.jsonl`; the cause is not found yet.
+// machine; then 200 (seeds 5000..5200) in 253 s with one failing seed, 5060 (not
+// reproduced in 5 reruns). Both failures found so far look like one liveness bug: a key
+// stays registered and no loop runs it for 5 s after healing, the periodic resync drawn
+// long (30 s), so a key owned by a live node without a loop is never re-read. Seed 5060:
+// `key/5` completed at epoch 2, was triggered again and never ran (faults included a
+// lost claim answer, failing calls and slow `owned`); an earlier draft's seed 139 (about
+// one run in six): `key/5` returned `Continue` on a node with slow `release` calls and
+// never ran again. Histories: `tests/histories/intact-memory-seed-{139,5060}.jsonl`. The
+// cause is not found yet.
 
 /// How many of `KEYLOOP_CHECK_SURVEY` (default 10) schedules catch each breakage; prints a
 /// table. Not an assertion: run by hand to choose the bounds above.
