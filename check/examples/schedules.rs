@@ -6,6 +6,10 @@
 //! # a soak: 32 schedules at a time (they mostly wait on timers) for 30 minutes
 //! cargo run --release -p keyloop-check --example schedules -- --parallel 32 --minutes 30
 //! ```
+//!
+//! With `--breakage <name>` (`TwoOwners`, `Engine(ResyncTrustsListing)`, … or a part of
+//! one) the schedules run against a broken coordinator or engine, to survey how many
+//! schedules catch it; `--history` writes every schedule's history, caught or not.
 
 #[path = "../tests/common/schedule.rs"]
 mod schedule;
@@ -17,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use keyloop_check::ViolationKind;
+use keyloop_conformance::Breakage;
 use schedule::{Backend, Options, run_schedules, save_history};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -47,6 +52,28 @@ struct Args {
     /// is then ignored.
     #[arg(long)]
     minutes: Option<u64>,
+    /// Run against a known breakage (its name as printed, or a unique part of it).
+    #[arg(long)]
+    breakage: Option<String>,
+    /// Write every schedule's history to the temporary directory, not only failing ones.
+    #[arg(long)]
+    history: bool,
+}
+
+fn find_breakage(name: &str) -> Breakage {
+    let mut all: Vec<Breakage> = Breakage::ALL.to_vec();
+    all.extend(schedule::defect_breakages());
+    let names: Vec<String> = all.iter().map(|b| format!("{b:?}")).collect();
+    if let Some(i) = names.iter().position(|n| n == name) {
+        return all[i];
+    }
+    let matching: Vec<usize> = (0..all.len())
+        .filter(|&i| names[i].contains(name))
+        .collect();
+    match matching[..] {
+        [i] => all[i],
+        _ => panic!("--breakage {name:?} names none or several of {names:?}"),
+    }
 }
 
 /// At most this many seeds a worker thread takes at a time with `--parallel`.
@@ -64,9 +91,13 @@ fn main() {
         BackendArg::Memory => Backend::Memory,
         BackendArg::Sled => Backend::Sled,
     };
+    let breakage = args.breakage.as_deref().map(find_breakage);
     let options = Options {
         backend,
         ops: args.ops,
+        breakage,
+        // A broken engine may never converge: do not wait for it long.
+        settle_timeout: Duration::from_secs(if breakage.is_some() { 3 } else { 5 }),
         ..Options::default()
     };
     let load_before = loadavg();
@@ -95,6 +126,24 @@ fn main() {
         match outcome.convergence {
             Some(d) => convergence.push(d),
             None => unconverged += 1,
+        }
+        if args.history || breakage.is_some() {
+            println!(
+                "seed {}: {}, faults {:?}, convergence {:?}, {} violations",
+                outcome.seed,
+                outcome.draw,
+                outcome.faults,
+                outcome.convergence,
+                outcome.report.violations.len()
+            );
+        }
+        if args.history && outcome.report.is_ok() {
+            let path = save_history(&outcome, backend.name());
+            println!(
+                "seed {}: no violation (history in {})",
+                outcome.seed,
+                path.display()
+            );
         }
         if !outcome.report.is_ok() {
             let path = save_history(&outcome, backend.name());
@@ -142,7 +191,12 @@ fn main() {
     let median = convergence.get(convergence.len() / 2).copied();
     let max = convergence.last().copied();
     println!("backend:        {}", backend.name());
-    println!("runtime:        tokio multi-thread, 4 workers, real time");
+    if let Some(breakage) = breakage {
+        println!("breakage:       {breakage:?}");
+    }
+    println!(
+        "runtime:        tokio multi-thread, 6 workers, real time, one runtime per {chunk} schedules"
+    );
     println!(
         "schedules:      {runs} (seeds from {}, {} at a time) in {:.1?}",
         args.seed,

@@ -10,7 +10,7 @@ use crate::{EventKind, IgnoreShutdown, LoopEnd, ReconcileWorkload, Recorder, Run
 
 /// The workload's controller: reads the desired generation, writes it to the fenced store
 /// with `ctx.epoch()`, saves it as state, and returns `Complete` once actual == desired (after
-/// lingering for triggers, if told to). It records its start, every trigger it observes,
+/// lingering for triggers, if told to; each trigger observed starts another pass). It records its start, every trigger it observes,
 /// and its end (an aborted run records `Aborted` when its future is dropped).
 #[derive(Clone, Debug)]
 pub struct ReconcileController {
@@ -68,11 +68,12 @@ impl Controller for ReconcileController {
             run,
             ended: false,
         };
-        let plan = workload.plan_run(&key);
         loop {
             if let Some(reason) = ctx.shutdown_reason() {
-                return Ok(stop(&mut guard, reason, plan.on_shutdown).await);
+                return Ok(stop(&mut guard, reason, workload.on_shutdown(&key)).await);
             }
+            // Every pass reads the key's behaviour afresh.
+            let plan = workload.plan_run(&key);
             let desired = workload.desired(&key);
             // Checked right before the write; the epoch fences it if this goes stale
             // between the check and the write.
@@ -123,22 +124,30 @@ impl Controller for ReconcileController {
                 continue;
             }
             if plan.linger.is_zero() {
-                guard.end(LoopEnd::Complete);
-                return Ok(Decision::Complete);
+                return Ok(done(&mut guard, workload, &key));
             }
             match tokio::time::timeout(plan.linger, ctx.next()).await {
-                Err(_) => {
-                    guard.end(LoopEnd::Complete);
-                    return Ok(Decision::Complete);
-                }
+                Err(_) => return Ok(done(&mut guard, workload, &key)),
                 Ok(Wake::Triggered) => {
                     recorder.record(&key, EventKind::TriggerObserved { run });
                 }
                 Ok(Wake::Shutdown(reason)) => {
-                    return Ok(stop(&mut guard, reason, plan.on_shutdown).await);
+                    return Ok(stop(&mut guard, reason, workload.on_shutdown(&key)).await);
                 }
             }
         }
+    }
+}
+
+/// Ends a converged run: `Complete`, or `Continue` if the behaviour asks to continue
+/// elsewhere.
+fn done(guard: &mut EndGuard, workload: &ReconcileWorkload, key: &Key) -> Decision {
+    if workload.take_continue(key) {
+        guard.end(LoopEnd::Continue);
+        Decision::Continue
+    } else {
+        guard.end(LoopEnd::Complete);
+        Decision::Complete
     }
 }
 

@@ -40,7 +40,6 @@ struct Inner {
 pub(crate) struct RunPlan {
     pub(crate) fail: bool,
     pub(crate) panic: bool,
-    pub(crate) on_shutdown: Option<crate::IgnoreShutdown>,
     pub(crate) linger: Duration,
     pub(crate) work: Duration,
 }
@@ -148,6 +147,31 @@ impl ReconcileWorkload {
         self.inner.behaviours.lock().unwrap().clear();
     }
 
+    /// What `key`'s loops do on a graceful-shutdown signal, as of now.
+    pub(crate) fn on_shutdown(&self, key: &Key) -> Option<crate::IgnoreShutdown> {
+        self.inner
+            .behaviours
+            .lock()
+            .unwrap()
+            .get(key)
+            .and_then(|b| b.on_shutdown)
+    }
+
+    /// Whether a converged run of `key` returns `Continue` rather than `Complete` (taking
+    /// one of the behaviour's `continue_runs`).
+    pub(crate) fn take_continue(&self, key: &Key) -> bool {
+        let mut behaviours = self.inner.behaviours.lock().unwrap();
+        match behaviours.get_mut(key) {
+            Some(b) if b.continue_runs > 0 => {
+                b.continue_runs -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// What the next pass of a run of `key` does, taking one of the behaviour's counted
+    /// failures or panics.
     pub(crate) fn plan_run(&self, key: &Key) -> RunPlan {
         let mut behaviours = self.inner.behaviours.lock().unwrap();
         let Some(b) = behaviours.get_mut(key) else {
@@ -166,7 +190,6 @@ impl ReconcileWorkload {
         RunPlan {
             fail,
             panic,
-            on_shutdown: b.on_shutdown,
             linger: b.linger.unwrap_or(self.inner.linger),
             work: b.work,
         }

@@ -18,9 +18,10 @@ const CI_SCHEDULES: u64 = 40;
 
 fn describe(outcome: &Outcome) -> String {
     format!(
-        "seed {}: {} ops, faults {:?}, convergence {:?}, {}",
+        "seed {}: {} ops, {}, faults {:?}, convergence {:?}, {}",
         outcome.seed,
         outcome.ops,
+        outcome.draw,
         outcome.faults,
         outcome.convergence,
         outcome
@@ -84,28 +85,88 @@ fn assert_caught(breakage: Breakage, max: u64) {
 
 #[test]
 fn catches_two_owners() {
-    // Caught by every surveyed schedule.
+    // Caught by every surveyed schedule (24 of 24).
     assert_caught(Breakage::TwoOwners, 3);
 }
 
 #[test]
 fn catches_dropped_triggers() {
-    // Caught by 14 of 16 surveyed schedules.
-    assert_caught(Breakage::DropsTriggers, 6);
+    // Caught by 23 of 48 surveyed schedules (fewer than before the schedules drew steady
+    // trigger traffic, whose later triggers start loops anyway): 8 misses in a row are
+    // ~0.5% at that rate.
+    assert_caught(Breakage::DropsTriggers, 8);
 }
 
 #[test]
 fn catches_claims_forgotten_after_a_lost_answer() {
-    // Caught by about one schedule in four (a lost claim answer on a node that then keeps
-    // its lease, with the periodic resync drawn long): 16 misses in a row are ~1%.
-    assert_caught(Breakage::Engine(Defect::ForgetsFailedClaims), 16);
+    // Caught by 8 of 48 surveyed schedules (a lost claim answer on a node that then keeps
+    // its lease, with the periodic resync drawn long): 26 misses in a row are ~0.9% at
+    // that rate.
+    assert_caught(Breakage::Engine(Defect::ForgetsFailedClaims), 26);
+}
+
+#[test]
+fn catches_parking_that_ignores_triggers() {
+    // A trigger lands during a failing run that parks the key, and no trigger comes after
+    // (storms of triggers on failing keys last until healing, then stop at a random point
+    // of a run; `max_failures` drawn 1 to 3). Caught by 20 of 48 surveyed schedules: 9
+    // misses in a row are ~0.8% at that rate.
+    assert_caught(Breakage::Engine(Defect::ParkIgnoresTriggers), 9);
+}
+
+#[test]
+fn catches_abandoned_keys_released_at_once() {
+    // A graceful shutdown of a node whose loop blocks its thread past the grace period,
+    // with another node ready to claim the key the defect releases at once. Caught by 21
+    // of 48 surveyed schedules: 9 misses in a row are ~0.6% at that rate.
+    assert_caught(Breakage::Engine(Defect::ReleasesAbandonedAtOnce), 9);
+}
+
+#[test]
+fn catches_resync_trusting_a_stale_listing() {
+    // A slow `owned` answer lists a key its node released meanwhile (a loop that asked to
+    // continue elsewhere, or completed and was triggered and claimed elsewhere). Caught by
+    // 5 of 48 surveyed schedules: 45 misses in a row are ~0.7% at that rate. The weakest
+    // of the bounds: the window (a release between the backend's read and the answer's
+    // arrival) is narrow for 8 keys and 40 operations.
+    assert_caught(Breakage::Engine(Defect::ResyncTrustsListing), 45);
 }
 
 // Not asserted, because no schedule written so far catches them reliably (see the
-// `survey_breakages` test, run by hand): `UnfencedWrites`, `ShortLeases`, `IgnoresAvoid`,
-// and the engine defects `ResyncTrustsListing`, `ParkIgnoresTriggers` (about 1 in 8),
-// `ReleasesAbandonedAtOnce`, `ChecksBeforeInsert`, `AcceptsStaleEvents`,
-// `NoPeriodicResync`, `AcceptsShortLeases`, `LoopsIgnoreLeaseClock`.
+// `survey_breakages` test, or `--breakage` of the `schedules` example, run by hand):
+// `UnfencedWrites`, `ShortLeases`, `IgnoresAvoid`, and the engine defects
+// `ChecksBeforeInsert`, `AcceptsStaleEvents`, `NoPeriodicResync`, `AcceptsShortLeases`,
+// `LoopsIgnoreLeaseClock`.
+//
+// Survey of the harsher schedules (skewed call delays, slow `owned` listings, keys that
+// keep moving between nodes, steady trigger traffic, failing keys under storms of
+// triggers until healing, blocking loops targeted by graceful shutdowns, `max_failures`
+// and `handoff_avoid` drawn per schedule), memory backend, seeds from 1000, on a shared
+// 2-core machine (`cargo run -p keyloop-check --example schedules -- --schedules N --seed
+// 1000 --breakage <name>`):
+//
+// | breakage                          | seeds | caught | rate | bound | P(miss all) |
+// |-----------------------------------|-------|--------|------|-------|-------------|
+// | TwoOwners                         | 24    | 24     | 100% | 3     | ~0          |
+// | DropsTriggers                     | 48    | 23     | 48%  | 8     | 0.5%        |
+// | Engine(ForgetsFailedClaims)       | 48    | 8      | 17%  | 26    | 0.9%        |
+// | Engine(ParkIgnoresTriggers)       | 48    | 20     | 42%  | 9     | 0.8%        |
+// | Engine(ReleasesAbandonedAtOnce)   | 48    | 21     | 44%  | 9     | 0.6%        |
+// | Engine(ResyncTrustsListing)       | 48    | 5      | 10%  | 45    | 0.7%        |
+//
+// (Before: ParkIgnoresTriggers about 1 in 8, ReleasesAbandonedAtOnce 2 of 16,
+// ResyncTrustsListing 0 of 16, DropsTriggers 14 of 16.) The rest were not surveyed again.
+//
+// Intact engine: 300 schedules (seeds 0..300) with no violation, in 361 s on the shared
+// machine; then 200 (seeds 5000..5200) in 253 s with one failing seed, 5060 (not
+// reproduced in 5 reruns). Both failures found so far look like one liveness bug: a key
+// stays registered and no loop runs it for 5 s after healing, the periodic resync drawn
+// long (30 s), so a key owned by a live node without a loop is never re-read. Seed 5060:
+// `key/5` completed at epoch 2, was triggered again and never ran (faults included a
+// lost claim answer, failing calls and slow `owned`); an earlier draft's seed 139 (about
+// one run in six): `key/5` returned `Continue` on a node with slow `release` calls and
+// never ran again. Histories: `tests/histories/intact-memory-seed-{139,5060}.jsonl`. The
+// cause is not found yet.
 
 /// How many of `KEYLOOP_CHECK_SURVEY` (default 10) schedules catch each breakage; prints a
 /// table. Not an assertion: run by hand to choose the bounds above.

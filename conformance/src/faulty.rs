@@ -3,6 +3,7 @@
 //! leases, events from an earlier incarnation, delays around every call, calls that fail
 //! before they reach the backend, and events delivered twice.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +37,8 @@ struct FaultState {
     granted_ttl: Mutex<Option<Duration>>,
     hide_wake_ups: AtomicBool,
     delay: Mutex<Option<Duration>>,
+    /// Per-call maxima (by call name), taking precedence over `delay`.
+    call_delays: Mutex<HashMap<&'static str, Duration>>,
     delay_seed: AtomicU64,
     /// Calls failing before they reach the backend, per thousand.
     fail_per_mille: AtomicU64,
@@ -105,6 +108,7 @@ impl Faults {
                 granted_ttl: Mutex::new(None),
                 hide_wake_ups: AtomicBool::new(false),
                 delay: Mutex::new(None),
+                call_delays: Mutex::new(HashMap::new()),
                 delay_seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
                 fail_per_mille: AtomicU64::new(0),
                 failed_calls: AtomicUsize::new(0),
@@ -189,9 +193,35 @@ impl Faults {
     }
 
     /// Delays every call by a pseudo-random time below `max` before it reaches the backend
-    /// and again before its answer returns (`None`: no delays).
+    /// and again before its answer returns (`None`: no delays). Calls given their own
+    /// maximum with [`delay_call`](Self::delay_call) keep it.
     pub fn delay_calls(&self, max: Option<Duration>) {
         *self.inner.delay.lock().unwrap() = max;
+    }
+
+    /// Delays the calls named `call` (`"owned"`, `"release"`, `"claim"`, `"claim_key"`,
+    /// `"trigger"`, `"heartbeat"`, `"join"`, `"leave"`, `"load_state"`, `"save_state"`) by a
+    /// pseudo-random time below `max` before they reach the backend and again before their
+    /// answer returns, whatever [`delay_calls`](Self::delay_calls) says (`None`: back to
+    /// the delay of every call). Skewed delays make answers go stale on the way back: a
+    /// slow `owned` lists keys the node released meanwhile.
+    pub fn delay_call(&self, call: &'static str, max: Option<Duration>) {
+        let mut delays = self.inner.call_delays.lock().unwrap();
+        match max {
+            Some(max) => {
+                delays.insert(call, max);
+            }
+            None => {
+                delays.remove(call);
+            }
+        }
+    }
+
+    /// Ends every delay: of every call, and of each call named in
+    /// [`delay_call`](Self::delay_call).
+    pub fn clear_delays(&self) {
+        *self.inner.delay.lock().unwrap() = None;
+        self.inner.call_delays.lock().unwrap().clear();
     }
 
     /// Makes about `per_mille` of every thousand calls (join, heartbeat, leave, trigger,
@@ -275,7 +305,7 @@ impl FaultyCoordinator {
     /// Delays the call (see [`Faults::delay_calls`]), then fails it if
     /// [`Faults::fail_calls`] says so, before it reaches the backend.
     async fn before(&self, call: &str) -> Result<(), CoordinatorError> {
-        self.delay().await;
+        self.delay(call).await;
         let per_mille = self.faults.inner.fail_per_mille.load(Ordering::SeqCst);
         if per_mille > 0 && self.random() % 1000 < per_mille {
             self.faults
@@ -291,9 +321,17 @@ impl FaultyCoordinator {
         Ok(())
     }
 
-    /// Sleeps a pseudo-random time below the configured maximum, if any.
-    async fn delay(&self) {
-        let max = *self.faults.inner.delay.lock().unwrap();
+    /// Sleeps a pseudo-random time below the configured maximum of `call`, if any.
+    async fn delay(&self, call: &str) {
+        let own = self
+            .faults
+            .inner
+            .call_delays
+            .lock()
+            .unwrap()
+            .get(call)
+            .copied();
+        let max = own.or(*self.faults.inner.delay.lock().unwrap());
         let Some(max) = max else { return };
         let z = self.random();
         let nanos = max.as_nanos().max(1) as u64;
@@ -340,7 +378,7 @@ impl Coordinator for FaultyCoordinator {
         let sent = Instant::now();
         let mut lease = self.inner.join(node, ttl, filtered).await?;
         self.renewed(sent, &mut lease);
-        self.delay().await;
+        self.delay("join").await;
         Ok(lease)
     }
 
@@ -352,21 +390,21 @@ impl Coordinator for FaultyCoordinator {
         let sent = Instant::now();
         let mut lease = self.inner.heartbeat(node).await?;
         self.renewed(sent, &mut lease);
-        self.delay().await;
+        self.delay("heartbeat").await;
         Ok(lease)
     }
 
     async fn leave(&self, node: &NodeId) -> Result<(), CoordinatorError> {
         self.before("leave").await?;
         let result = self.inner.leave(node).await;
-        self.delay().await;
+        self.delay("leave").await;
         result
     }
 
     async fn trigger(&self, key: &Key) -> Result<TriggerOutcome, CoordinatorError> {
         self.before("trigger").await?;
         let result = self.inner.trigger(key).await;
-        self.delay().await;
+        self.delay("trigger").await;
         result
     }
 
@@ -382,7 +420,7 @@ impl Coordinator for FaultyCoordinator {
             return Err(e);
         }
         let result = self.inner.claim(node, max).await;
-        self.delay().await;
+        self.delay("claim").await;
         if let Some(hold) = &hold {
             hold.answer();
         }
@@ -407,7 +445,7 @@ impl Coordinator for FaultyCoordinator {
     async fn claim_key(&self, node: &NodeId, key: &Key) -> Result<Option<Claim>, CoordinatorError> {
         self.before("claim_key").await?;
         let result = self.inner.claim_key(node, key).await;
-        self.delay().await;
+        self.delay("claim_key").await;
         result
     }
 
@@ -420,7 +458,7 @@ impl Coordinator for FaultyCoordinator {
     ) -> Result<Released, CoordinatorError> {
         self.before("release").await?;
         let result = self.inner.release(node, key, epoch, how).await;
-        self.delay().await;
+        self.delay("release").await;
         result
     }
 
@@ -431,7 +469,7 @@ impl Coordinator for FaultyCoordinator {
         if let Some(hold) = &hold {
             hold.hold().await;
         }
-        self.delay().await;
+        self.delay("owned").await;
         if let Some(hold) = &hold {
             hold.answer();
         }
@@ -441,7 +479,7 @@ impl Coordinator for FaultyCoordinator {
     async fn load_state(&self, key: &Key) -> Result<Option<Bytes>, CoordinatorError> {
         self.before("load_state").await?;
         let result = self.inner.load_state(key).await;
-        self.delay().await;
+        self.delay("load_state").await;
         result
     }
 
@@ -454,7 +492,7 @@ impl Coordinator for FaultyCoordinator {
     ) -> Result<(), CoordinatorError> {
         self.before("save_state").await?;
         let result = self.inner.save_state(node, key, epoch, state).await;
-        self.delay().await;
+        self.delay("save_state").await;
         result
     }
 

@@ -60,6 +60,41 @@ struct Draw {
     /// Periodic resync: short, or past the schedule (then only events and failed calls
     /// make the engine re-read what it owns).
     resync_interval: Duration,
+    /// How long a node passes itself over for a key it handed off outside shutdown.
+    handoff_avoid: Duration,
+    /// Consecutive failures that park a key (1: every failing run may park it).
+    max_failures: u32,
+    /// Steady trigger traffic over every key, besides the schedule's own triggers.
+    traffic: bool,
+    /// One kind of call slower than the others on every node until healed (a backend
+    /// whose listing scans, whose claims contend), with its maximum delay.
+    slow_call: Option<(&'static str, Duration)>,
+}
+
+impl Draw {
+    fn new(rng: &mut StdRng, ttl: Duration) -> Draw {
+        Draw {
+            // The shortest the engine accepts (100 ms), or past the schedule.
+            resync_interval: if rng.random_bool(0.5) {
+                ttl / 6
+            } else {
+                Duration::from_secs(30)
+            },
+            handoff_avoid: if rng.random_bool(0.5) {
+                ttl / 100
+            } else {
+                ttl / 20
+            },
+            max_failures: rng.random_range(1..=3),
+            traffic: rng.random_bool(0.5),
+            slow_call: match rng.random_range(0..6) {
+                0..=2 => Some(("owned", ttl * rng.random_range(1..=3) / 12)),
+                3 => Some(("release", ttl * rng.random_range(1..=3) / 12)),
+                4 => Some(("claim", ttl * rng.random_range(1..=3) / 12)),
+                _ => None,
+            },
+        }
+    }
 }
 
 impl Default for Options {
@@ -79,6 +114,8 @@ impl Default for Options {
 /// What one schedule did and what the checker found.
 pub struct Outcome {
     pub seed: u64,
+    /// The settings drawn from the seed.
+    pub draw: String,
     pub ops: usize,
     pub faults: BTreeMap<&'static str, usize>,
     pub keys: usize,
@@ -142,6 +179,10 @@ struct World {
     timers: JoinSet<()>,
     /// Keys told to ignore graceful shutdown.
     ignoring: Vec<Key>,
+    /// Set when healing begins: storms of triggers stop.
+    calm: tokio::sync::watch::Sender<bool>,
+    /// Healing began: nodes start without faults.
+    healed: bool,
 }
 
 impl World {
@@ -165,8 +206,8 @@ impl World {
                     .expect("valid backoff"),
             )
             .healthy_run(ttl * 100)
-            .max_failures(3)
-            .handoff_avoid(ttl / 20)
+            .max_failures(self.draw.max_failures)
+            .handoff_avoid(self.draw.handoff_avoid)
             .resync_interval(self.draw.resync_interval);
         if let Some(defect) = self.options.breakage.and_then(|b| b.engine_defect()) {
             config = config.inject_defect(defect);
@@ -194,6 +235,9 @@ impl World {
         )
         .await
         .unwrap_or_else(|e| panic!("node {name} could not start: {e}"));
+        if let Some((call, max)) = self.draw.slow_call.filter(|_| !self.healed) {
+            faults.delay_call(call, Some(max));
+        }
         self.slots[i].up = Some((engine, faults));
     }
 
@@ -224,20 +268,60 @@ impl World {
         }
     }
 
-    /// Triggers `key` now and every `ttl/20` over the next `ttl/2`, in the background.
-    fn storm(&mut self, rng: &mut StdRng, key: &Key) {
-        let ttl = self.options.ttl;
-        for at in (0..10).map(|i| ttl.as_millis() * i / 20) {
-            let Some(engine) = self.live_engine(rng) else {
-                return;
-            };
-            let workload = self.workload.clone();
-            let key = key.clone();
-            self.triggers.spawn(async move {
-                tokio::time::sleep(Duration::from_millis(at as u64)).await;
-                let _ = workload.trigger(&engine, &key).await;
-            });
-        }
+    /// Triggers one of `keys` (picked at random) every `every` from now until a while
+    /// after healing begins, in the background: users who keep asking for a key whose loop
+    /// keeps failing, or steady traffic. Through a live engine (another one once it
+    /// stops), or a client when none is up.
+    fn storm(&mut self, rng: &mut StdRng, keys: Vec<Key>, every: Duration, tail: bool) {
+        // Users of a failing key stop at different times once healing begins, so the last
+        // trigger lands at any point of a failing run; steady traffic stops at once.
+        let tail = if tail {
+            self.options.ttl * rng.random_range(0..50) / 100
+        } else {
+            Duration::ZERO
+        };
+        let engines: Vec<Engine> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.up.as_ref().map(|(e, _)| e.clone()))
+            .collect();
+        let first = rng.random_range(0..engines.len().max(1));
+        let client = Client::new(self.ns.coordinator());
+        let workload = self.workload.clone();
+        let mut picks = StdRng::seed_from_u64(rng.random());
+        let mut calm = self.calm.subscribe();
+        self.triggers.spawn(async move {
+            let mut tick = 0;
+            let mut until: Option<tokio::time::Instant> = None;
+            loop {
+                if until.is_none() && *calm.borrow_and_update() {
+                    until = Some(tokio::time::Instant::now() + tail);
+                }
+                if until.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                    break;
+                }
+                let key = keys[picks.random_range(0..keys.len())].clone();
+                let engine = (0..engines.len())
+                    .map(|i| &engines[(first + tick + i) % engines.len()])
+                    .find(|e| e.is_running());
+                let _ = match engine {
+                    Some(engine) => workload.trigger(engine, &key).await,
+                    None => workload.trigger_with(&key, |k| client.trigger(k)).await,
+                };
+                tick += 1;
+                match until {
+                    Some(at) => {
+                        tokio::time::sleep_until(at.min(tokio::time::Instant::now() + every)).await
+                    }
+                    None => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(every) => {}
+                            _ = calm.changed() => {}
+                        }
+                    }
+                }
+            }
+        });
     }
 
     fn live_engine(&self, rng: &mut StdRng) -> Option<Engine> {
@@ -267,47 +351,61 @@ impl World {
             }
         }
         match roll {
-            0..=34 => {
+            0..=27 => {
                 self.trigger(rng, key);
             }
-            35..=39 => {
+            28..=32 => {
                 for _ in 0..rng.random_range(2..6) {
                     self.trigger(rng, key.clone());
                 }
                 self.count("trigger burst");
             }
-            40..=49 => {
-                let behaviour = match rng.random_range(0..5) {
-                    0 => {
-                        // Failing runs that work a while without watching for triggers,
-                        // and triggers landing during them.
-                        self.storm(rng, &key);
-                        // Three failures park the key (max_failures), and the storm's
-                        // last triggers land during the third run.
+            33..=49 => {
+                let behaviour = match rng.random_range(0..8) {
+                    0 | 1 => {
+                        // A dependency breaks: every pass fails after working a while
+                        // without watching for triggers, until healed, and users keep
+                        // triggering the key meanwhile, so triggers land during failing
+                        // runs (the last ones too: the storm lasts until healing).
+                        self.storm(rng, vec![key.clone()], ttl / 20, true);
                         Behaviour {
-                            fail_runs: 3,
+                            fail_runs: u32::MAX,
                             work: ttl / 5,
                             ..Behaviour::default()
                         }
                     }
-                    1 => Behaviour {
+                    2 => Behaviour {
                         panic_runs: rng.random_range(1..3),
                         ..Behaviour::default()
                     },
-                    2 => Behaviour {
+                    3 => Behaviour {
                         on_shutdown: Some(IgnoreShutdown::Await(ttl / 6)),
-                        linger: Some(ttl),
+                        linger: Some(ttl * 3 / 2),
                         ..Behaviour::default()
                     },
-                    3 => Behaviour {
-                        // Below the fence margin, so a fenced node's blocked loop still
-                        // ends before its lease can expire on the backend.
-                        on_shutdown: Some(IgnoreShutdown::Block(ttl / 8)),
-                        linger: Some(ttl),
+                    4 | 5 => Behaviour {
+                        // Past the grace period, but at most the fence margin, so a fenced
+                        // node's blocked loop still ends before its lease can expire on
+                        // the backend.
+                        on_shutdown: Some(IgnoreShutdown::Block(
+                            ttl * rng.random_range(5..=8) / 40,
+                        )),
+                        linger: Some(ttl * 3 / 2),
+                        ..Behaviour::default()
+                    },
+                    6 => Behaviour {
+                        linger: Some(ttl * rng.random_range(1..5) / 6),
                         ..Behaviour::default()
                     },
                     _ => Behaviour {
-                        linger: Some(ttl * rng.random_range(1..5) / 6),
+                        // The loop asks to continue elsewhere (G7a) after a while, a few
+                        // times in a row or until healed (no node has what it needs).
+                        continue_runs: if rng.random_bool(0.5) {
+                            rng.random_range(1..4)
+                        } else {
+                            u32::MAX
+                        },
+                        linger: Some(ttl * rng.random_range(1..=3) / 12),
                         ..Behaviour::default()
                     },
                 };
@@ -315,13 +413,18 @@ impl World {
                     b if b.fail_runs > 0 => "loop fails",
                     b if b.panic_runs > 0 => "loop panics",
                     b if b.on_shutdown.is_some() => "loop ignores shutdown",
+                    b if b.continue_runs > 0 => "loop continues elsewhere",
                     _ => "loop lingers",
                 };
+                self.ignoring.retain(|k| *k != key);
                 if behaviour.on_shutdown.is_some() {
                     self.ignoring.push(key.clone());
                 }
                 self.workload.set_behaviour(&key, behaviour);
                 self.count(name);
+                // What changed the loop's behaviour (a new version of what it reconciles)
+                // comes with a trigger.
+                self.trigger(rng, key);
             }
             _ => self.fault(rng, i, roll).await,
         }
@@ -331,7 +434,7 @@ impl World {
         let ttl = self.options.ttl;
         // A graceful shutdown mostly hits a node running a loop that ignores it.
         let i = match roll {
-            74..=77 if rng.random_bool(0.7) => {
+            72..=77 if rng.random_bool(0.8) => {
                 let target = self.slots.iter().position(|s| {
                     s.up.as_ref().is_some_and(|(e, _)| {
                         e.owned_keys().iter().any(|k| self.ignoring.contains(k))
@@ -348,7 +451,7 @@ impl World {
             return;
         };
         match roll {
-            50..=54 => {
+            50..=54 if rng.random_bool(0.4) => {
                 let max = match rng.random_range(0..5) {
                     0 | 1 => None,
                     2 | 3 => Some(ttl / 30),
@@ -360,6 +463,28 @@ impl World {
                 faults.delay_calls(max);
                 self.count("call delays");
             }
+            50..=54 => {
+                // One kind of call much slower than the others (a listing that scans, a
+                // contended claim): its answers go stale on the way back while the quick
+                // calls (releases, other nodes' claims) move on.
+                let call = match rng.random_range(0..5) {
+                    0 | 1 => "owned",
+                    2 => "release",
+                    3 => "claim",
+                    _ => "claim_key",
+                };
+                let max = ttl * rng.random_range(1..=4) / 6;
+                faults.delay_call(call, Some(max));
+                if rng.random_bool(0.5) {
+                    faults.delay_calls(Some(ttl / 100));
+                }
+                self.count(match call {
+                    "owned" => "slow owned calls",
+                    "release" => "slow release calls",
+                    "claim" => "slow claim calls",
+                    _ => "slow claim_key calls",
+                });
+            }
             55..=59 => {
                 faults.inject_resync();
                 self.count("spurious resync");
@@ -368,7 +493,7 @@ impl World {
                 faults.drop_triggers(rng.random_bool(0.6));
                 self.count("dropped triggers");
             }
-            65..=69 => {
+            65..=68 => {
                 // Stalls either shorter than the fence deadline, or past the TTL (the node
                 // fences itself, the backend expires it, it re-joins afterwards).
                 let stall = if rng.random_bool(0.5) {
@@ -383,12 +508,12 @@ impl World {
                 });
                 self.count("heartbeat stall");
             }
-            70..=73 => {
+            69..=71 => {
                 engine.kill();
                 self.slots[i].up = None;
                 self.count("node kill");
             }
-            74..=77 => {
+            72..=77 => {
                 self.slots[i].up = None;
                 self.slots[i].stopping = Some(tokio::spawn(async move {
                     engine.shutdown().await;
@@ -421,8 +546,14 @@ impl World {
         }
     }
 
-    /// Ends every fault: heartbeats, delays, drops, failures, behaviours; every node up.
+    /// Ends every fault: storms of triggers, heartbeats, delays, drops, failures,
+    /// behaviours; every node up.
     async fn heal(&mut self) {
+        // Storms end first, while their keys still fail: their last triggers land during
+        // failing runs.
+        self.calm.send_replace(true);
+        while self.triggers.join_next().await.is_some() {}
+        self.healed = true;
         self.workload.clear_behaviours();
         self.ignoring.clear();
         self.timers.abort_all();
@@ -434,7 +565,7 @@ impl World {
             match self.up(i) {
                 Some((_, faults)) => {
                     faults.resume_heartbeats();
-                    faults.delay_calls(None);
+                    faults.clear_delays();
                     faults.drop_triggers(false);
                     faults.fail_calls(0);
                     faults.duplicate_events(false);
@@ -466,13 +597,7 @@ impl Drop for World {
 /// Runs the schedule of `seed`. Call on a multi-thread runtime.
 pub async fn run_schedule(seed: u64, options: &Options) -> Outcome {
     let mut rng = StdRng::seed_from_u64(seed);
-    let draw = Draw {
-        resync_interval: if rng.random_bool(0.5) {
-            options.ttl / 6
-        } else {
-            Duration::from_secs(30)
-        },
-    };
+    let draw = Draw::new(&mut rng, options.ttl);
     let recorder = Recorder::new();
     let workload = ReconcileWorkload::new(recorder.clone());
     let ns = Namespace::new(options.backend);
@@ -495,22 +620,35 @@ pub async fn run_schedule(seed: u64, options: &Options) -> Outcome {
         faults: BTreeMap::new(),
         timers: JoinSet::new(),
         ignoring: Vec::new(),
+        calm: tokio::sync::watch::channel(false).0,
+        healed: false,
     };
     for i in 0..options.nodes {
         world.start(i).await;
     }
-    // Half the keys have long-running loops (lingering for triggers) from the start.
+    // Half the keys have long-running loops (lingering for triggers) from the start, and
+    // half of those ask to continue elsewhere (G7a) whenever they are done, until healed:
+    // they keep moving between nodes.
     for key in world.keys.clone() {
         if rng.random_bool(0.5) {
-            let linger = options.ttl * rng.random_range(1..7) / 4;
+            let (linger, continue_runs) = if rng.random_bool(0.5) {
+                // Each node keeps it a short while.
+                (options.ttl * rng.random_range(1..=3) / 24, u32::MAX)
+            } else {
+                (options.ttl * rng.random_range(1..7) / 4, 0)
+            };
             workload.set_behaviour(
                 &key,
                 Behaviour {
                     linger: Some(linger),
+                    continue_runs,
                     ..Behaviour::default()
                 },
             );
         }
+    }
+    if draw.traffic {
+        world.storm(&mut rng, world.keys.clone(), options.ttl / 80, false);
     }
     for _ in 0..options.ops {
         world.step(&mut rng).await;
@@ -554,6 +692,7 @@ pub async fn run_schedule(seed: u64, options: &Options) -> Outcome {
     let history = recorder.history();
     Outcome {
         seed,
+        draw: format!("{draw:?}"),
         ops: options.ops,
         faults,
         keys: options.keys,
@@ -574,7 +713,7 @@ pub fn run_schedules(
     quiet_injected_panics();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // Loops that block their thread (ignoring shutdown) must not starve the engine.
-        .worker_threads(4)
+        .worker_threads(6)
         .enable_all()
         .build()
         .expect("a tokio runtime");
