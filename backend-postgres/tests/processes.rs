@@ -30,6 +30,7 @@ use keyloop_core::{
 use keyloop_postgres::{PostgresConfig, PostgresCoordinator};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rustix::process::{Pid, Signal, kill_process};
 use tokio::sync::Mutex;
 use tokio_postgres::NoTls;
 
@@ -380,15 +381,17 @@ impl Run<'_> {
         node.child = Some(child);
     }
 
-    fn signal(&self, index: usize, signal: &str) {
+    /// Sends `signal` to a node process (through the system call: a fresh machine need not
+    /// have a `kill` binary).
+    fn signal(&self, index: usize, signal: Signal) {
         let Some(child) = &self.nodes[index].child else {
             return;
         };
-        let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill {signal} failed");
+        let pid = i32::try_from(child.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .expect("a child's pid");
+        kill_process(pid, signal).unwrap_or_else(|e| panic!("signal {signal:?} failed: {e}"));
     }
 
     /// Records a driver-side event (a fault) at the database clock, retrying while the
@@ -411,7 +414,7 @@ impl Run<'_> {
     /// Stops a node process for good: SIGTERM, then SIGKILL if it does not exit in time.
     async fn stop_node(&mut self, index: usize, graceful: bool) {
         if graceful {
-            self.signal(index, "-TERM");
+            self.signal(index, Signal::TERM);
         }
         let Some(mut child) = self.nodes[index].child.take() else {
             return;
@@ -621,7 +624,7 @@ async fn run_schedule(server: &PostgresServer, seed: u64, defects: &[Defect]) ->
                 killed.push(index);
             }
             Fault::Stop => {
-                run.signal(index, "-STOP");
+                run.signal(index, Signal::STOP);
                 run.note(&name, "stopped").await;
                 let frozen = TTL + TTL / 2 + Duration::from_millis(rng.random_range(0..1000));
                 // Triggers while the node is frozen: its keys fail over and must still
@@ -634,7 +637,7 @@ async fn run_schedule(server: &PostgresServer, seed: u64, defects: &[Defect]) ->
                     trigger_recorded(&run.driver, &client, &key, op_id, &mut owed).await;
                     tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
                 }
-                run.signal(index, "-CONT");
+                run.signal(index, Signal::CONT);
                 run.note(&name, "continued").await;
             }
             Fault::Terminate => {
