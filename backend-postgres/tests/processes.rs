@@ -34,6 +34,8 @@ use rustix::process::{Pid, Signal, kill_process};
 use tokio::sync::Mutex;
 use tokio_postgres::NoTls;
 
+/// Seeded runs within which `defective_engines_are_caught` must see the defect.
+const RUNS_TO_CATCH: u64 = 8;
 /// Set in a node process: `url|schema|name|ttl_ms`.
 const NODE_ENV: &str = "KEYLOOP_PROCESS_NODE";
 /// Engine defects the node processes run with (comma-separated `Defect` names), to show
@@ -501,15 +503,18 @@ async fn defective_engines_are_caught() {
     };
     for defect in [Defect::LoopsIgnoreLeaseClock] {
         let mut caught = None;
-        for seed in 1..=4 {
+        // Caught by seed 1 or 2 in three runs of this test, and missed by all of seeds 1–4
+        // once (CI): a run catches it only when a SIGSTOP lands mid-run on a loop, so the
+        // bound is 8 runs.
+        for seed in 1..=RUNS_TO_CATCH {
             let outcome = run_schedule(&server, seed, &[defect]).await;
             if let Some(v) = outcome.violations.first() {
                 caught = Some((seed, v.lines().next().unwrap_or_default().to_owned()));
                 break;
             }
         }
-        let (seed, violation) =
-            caught.unwrap_or_else(|| panic!("{defect:?} went unnoticed in 4 seeded runs"));
+        let (seed, violation) = caught
+            .unwrap_or_else(|| panic!("{defect:?} went unnoticed in {RUNS_TO_CATCH} seeded runs"));
         println!("{defect:?}: caught by seed {seed}: {violation}");
     }
 }
